@@ -1,0 +1,177 @@
+"""Batch normalization without moving averages (``method.md`` §3).
+
+With about 39 iterations per epoch a moving average of BN statistics is a poor estimate, so
+Akiba et al. (2017) keep, on each worker, only the statistics of its **last training minibatch**
+and average them over all workers just before every evaluation (and before saving a model).
+:class:`LastBatchNormalization` is the per-worker half of that; the averaging is an extension
+written elsewhere (``extensions.py``) that reads and writes the ``mean`` and ``var`` persistents
+of every link returned by :func:`bn_links`.
+
+Which variance is stored
+    By default the **biased** (population) variance of the minibatch, ``mean((x - mean)**2)``:
+    exactly the variance that normalised that minibatch in training, so evaluating on the last
+    training minibatch reproduces the training output. Chainer's ``L.BatchNormalization`` instead
+    stores the *unbiased* variance (``× m / (m − 1)``, ``m`` values per channel) in its running
+    average; ``unbiased=True`` stores that one. The two differ by ``1 / (m − 1)`` relative:
+    negligible in res2 (``m = 32 × 56 × 56`` at 224² and batch 32), 0.06 % in res5
+    (``m = 32 × 7 × 7``).
+
+Averaging the statistics over workers
+    Averaging the per-worker variances ignores the spread of the per-worker means. For ``W``
+    workers with equal-size batches, means ``μ_i`` and biased variances ``σ²_i``, the mean and
+    biased variance of the union of the batches are
+
+        μ  = mean_i(μ_i)
+        σ² = mean_i(σ²_i) + mean_i(μ_i²) − μ²        (= mean_i(σ²_i) + mean_i((μ_i − μ)²))
+
+    so an allreduce-mean of ``mean``, ``var`` and ``mean**2`` is enough;
+    :func:`combine_statistics` is the single-process reference of that formula. Plain averaging of
+    ``var`` (what the paper-era ChainerMN ``AllreducePersistent`` extension does with every
+    persistent) underestimates σ² by ``mean_i((μ_i − μ)²)``.
+"""
+
+import copy
+
+import numpy
+
+import chainer
+import chainer.functions as F
+from chainer import backend
+
+
+def _initializer(value, default, dtype):
+    if value is None:
+        value = default
+    if isinstance(value, chainer.Initializer):
+        # Copy so that setting the dtype does not change the caller's initializer.
+        value = copy.copy(value)
+        value.dtype = dtype
+        return value
+    return chainer.initializers.Constant(value, dtype=dtype)
+
+
+def _reduction_axis(ndim):
+    if ndim < 2:
+        raise ValueError('LastBatchNormalization needs input of shape (N, C, ...), got {} '
+                         'dimension(s)'.format(ndim))
+    return (0,) + tuple(range(2, ndim))
+
+
+class LastBatchNormalization(chainer.Link):
+    """Batch normalization that keeps the last training minibatch's statistics, not an average.
+
+    Training (``chainer.config.train`` is True): normalises with the statistics of the current
+    minibatch through ``chainer.functions.batch_normalization`` (so gradients flow through the
+    statistics, exactly as in Chainer's ``L.BatchNormalization``), and *replaces* the stored
+    ``mean`` and ``var`` with that minibatch's mean and variance.
+
+    Evaluation (``chainer.config.train`` is False): normalises with the stored ``mean`` and
+    ``var`` through ``chainer.functions.fixed_batch_normalization``. Before any training
+    minibatch they are 0 and 1.
+
+    Statistics are taken over every axis but the channel axis 1: ``(0, 2, 3)`` for (N, C, H, W)
+    input, ``(0,)`` for (N, C) input. They are computed from ``x.array`` outside the graph, with
+    the array module of ``x`` (NumPy or CuPy), in the same precision Chainer uses internally
+    (``x.dtype`` promoted with ``dtype``). On GPU, cuDNN normalises the batch with its own copy of
+    the statistics, so there the stored values match the ones that normalised the batch only to
+    rounding.
+
+    Parameters: ``gamma`` (scale), ``beta`` (shift). Persistents: exactly ``mean`` and ``var``,
+    shape ``(size,)`` and dtype ``dtype``. There is no decay, no ``avg_mean``/``avg_var`` and no
+    sample count.
+
+    Args:
+        size (int): Number of channels.
+        eps (float): Added to the variance before the square root (Chainer's default, 2e-5).
+        dtype: dtype of ``gamma``, ``beta``, ``mean`` and ``var``.
+        initial_gamma: Initializer, scalar or array for ``gamma``; ``None`` means 1.
+        initial_beta: Initializer, scalar or array for ``beta``; ``None`` means 0.
+        unbiased (bool): Store the unbiased variance ``var · m / (m − 1)`` (``m`` = values per
+            channel in the minibatch) as Chainer's BN does, instead of the biased variance that
+            normalised the minibatch (default). See the module docstring.
+    """
+
+    def __init__(self, size, eps=2e-5, dtype=numpy.float32, initial_gamma=None,
+                 initial_beta=None, unbiased=False):
+        super().__init__()
+        dtype = numpy.dtype(dtype)
+        self.size = size
+        self.eps = eps
+        self.dtype = dtype
+        self.unbiased = unbiased
+        with self.init_scope():
+            self.gamma = chainer.Parameter(_initializer(initial_gamma, 1, dtype), (size,))
+            self.beta = chainer.Parameter(_initializer(initial_beta, 0, dtype), (size,))
+        self.mean = numpy.zeros(size, dtype=dtype)
+        self.register_persistent('mean')
+        self.var = numpy.ones(size, dtype=dtype)
+        self.register_persistent('var')
+
+    def forward(self, x):
+        """Normalise ``x`` (N, C, ...); in training, also store its statistics."""
+        x_array = x.array if isinstance(x, chainer.Variable) else x
+        axis = _reduction_axis(x_array.ndim)
+        if not chainer.config.train:
+            return F.fixed_batch_normalization(x, self.gamma, self.beta, self.mean, self.var,
+                                               eps=self.eps, axis=axis)
+        interm_dtype = numpy.promote_types(x_array.dtype, self.gamma.dtype)
+        mean = x_array.mean(axis=axis, dtype=interm_dtype)
+        var = x_array.var(axis=axis, dtype=interm_dtype)
+        if self.unbiased:
+            m = x_array.size // x_array.shape[1]
+            # Same guard as Chainer's BN: a single value per channel keeps its (zero) variance.
+            var = var * (m / max(m - 1, 1))
+        # In place, so that anyone holding these arrays (e.g. an allreduce) sees the new values.
+        self.mean[...] = mean
+        self.var[...] = var
+        return F.batch_normalization(x, self.gamma, self.beta, eps=self.eps, axis=axis)
+
+    def set_statistics(self, mean, var):
+        """Overwrite the stored ``mean`` and ``var`` in place (e.g. with worker-averaged ones).
+
+        Args:
+            mean: Array of shape ``(size,)``, on any device; copied to the link's device and dtype.
+            var: Array of shape ``(size,)``, same convention as the stored variance.
+        """
+        for name, value in (('mean', mean), ('var', var)):
+            target = getattr(self, name)
+            if tuple(value.shape) != target.shape:
+                raise ValueError('set_statistics: {} has shape {}, the link expects {}'
+                                 .format(name, tuple(value.shape), target.shape))
+            target[...] = backend.get_device_from_array(target).send(value)
+
+
+def bn_links(model):
+    """All :class:`LastBatchNormalization` links of ``model``, in ``model.namedlinks()`` order.
+
+    The order is deterministic and the same on every worker, which the statistics allreduce needs.
+    """
+    return [link for _, link in model.namedlinks()
+            if isinstance(link, LastBatchNormalization)]
+
+
+def combine_statistics(means, vars):
+    """Mean and biased variance of the union of equal-size batches from their per-batch stats.
+
+    ``mean = mean_i(means_i)`` and ``var = mean_i(vars_i) + mean_i(means_i²) − mean²``, computed
+    as ``mean_i(vars_i) + mean_i((means_i − mean)²)`` to avoid cancellation. Exact for biased
+    (population) variances of batches with the same number of values per channel; for links built
+    with ``unbiased=True`` convert to biased variances first.
+
+    Plain averaging of the variances — the behaviour of the paper-era ChainerMN
+    ``AllreducePersistent`` extension, which averages every persistent — drops the second term
+    and so underestimates the variance when the per-worker means differ.
+
+    Args:
+        means: Array (W, C): per-worker (per-batch) channel means.
+        vars: Array (W, C): per-worker biased channel variances.
+
+    Returns:
+        tuple: ``(mean, var)``, each of shape (C,), NumPy or CuPy like the inputs.
+    """
+    if means.ndim != 2 or means.shape != vars.shape:
+        raise ValueError('combine_statistics expects means and vars of the same shape (W, C), '
+                         'got {} and {}'.format(means.shape, vars.shape))
+    mean = means.mean(axis=0)
+    var = vars.mean(axis=0) + ((means - mean) ** 2).mean(axis=0)
+    return mean, var
