@@ -1,0 +1,186 @@
+"""Schedules: pure functions of training progress, and one thin extension.
+
+Progress ``epoch`` is in epochs and may be fractional: by default
+``iteration / iterations_per_epoch`` (:func:`progress_epochs`). Every function
+takes its numbers as arguments; the recipe supplies them. Each accepts a
+Python number (and returns a Python float) or a NumPy array (and returns an
+array of the same shape).
+
+:class:`HyperparameterSchedule` writes ``fn(progress)`` into an optimizer
+hyperparameter before every update, at initialisation too, so a resumed run
+is right by construction.
+
+Section numbers (§) refer to ``shared/method.md``.
+"""
+
+import math
+
+import numpy
+
+from chainer.training import extension
+
+
+def _result(value, like):
+    """A Python float for a scalar input, an ndarray otherwise."""
+    if numpy.ndim(like) == 0:
+        return float(value)
+    return value
+
+
+def alpha_sgd(epoch, center=10.0, period=5.0, k=1.0):
+    """Weight of the SGD term of :class:`~chainer_resnet.optimizers.RMSpropWarmup` (§1).
+
+    An ELU-shaped hand-over from RMSprop to SGD::
+
+        0.5 * exp(2 (e - center) / period)     e < center
+        0.5 + k (e - center) / period          center <= e < center + period / 2
+        1                                      otherwise
+
+    With the default ``k = 1`` the curve is continuous with a continuous
+    slope, and meets 1 exactly at ``center + period / 2`` (12.5 epochs).
+    ``k = 2`` is the variant printed in the sources: reproduced as printed,
+    not clipped, it overshoots to 1.5 just before 12.5 epochs (then the
+    RMSprop weight is negative) and drops to 1 there.
+
+    Reference values (k = 1): 0.00916 at 0, 0.0677 at 5, 0.5 at 10, 0.7 at
+    11, 0.9 at 12, 1 from 12.5 on.
+    """
+    if not period > 0:
+        raise ValueError('alpha_sgd: period must be positive, got '
+                         '{!r}'.format(period))
+    e = numpy.asarray(epoch, dtype=numpy.float64)
+    x = (e - center) / period
+    # min(x, 0) keeps exp from overflowing where that branch is not taken.
+    value = numpy.where(
+        x < 0, 0.5 * numpy.exp(2 * numpy.minimum(x, 0)),
+        numpy.where(x < 0.5, 0.5 + k * x, 1.0))
+    return _result(value, epoch)
+
+
+# (end of the interval as a fraction of 90 epochs, factor of eta_base), §2
+_SLOW_START = ((40, 0.5), (70, 0.075), (85, 0.01), (None, 0.001))
+
+
+def slow_start_lr(epoch, base_lr, total_epochs=90):
+    """Akiba et al.'s piecewise-constant ("slow-start") learning rate (§2).
+
+    ``base_lr`` is eta_base = 0.1 * global_batch / 256 (12.8 for 32,768; see
+    :func:`linear_scaled_lr`). Intervals are left-closed; their ends are at
+    40, 70 and 85 epochs of 90 and scale with ``total_epochs``::
+
+        [0, 40)  0.5 eta_base      [40, 70)  0.075 eta_base
+        [70, 85) 0.01 eta_base     [85, ...) 0.001 eta_base
+
+    There is no linear warm-up: the RMSprop warm-up replaces it.
+    """
+    if not total_epochs > 0:
+        raise ValueError('slow_start_lr: total_epochs must be positive, got '
+                         '{!r}'.format(total_epochs))
+    e = numpy.asarray(epoch, dtype=numpy.float64)
+    value = numpy.full(e.shape, _SLOW_START[-1][1] * base_lr)
+    # Walk from the last interval back so that earlier ones win.
+    for end, factor in reversed(_SLOW_START[:-1]):
+        # end * T / 90, not end / 90 * T: exact at the default 90 epochs.
+        value = numpy.where(e < end * total_epochs / 90, factor * base_lr,
+                            value)
+    return _result(value, epoch)
+
+
+def goyal_lr(epoch, base_lr, warmup_epochs=5, milestones=(30, 60, 80),
+             start_lr=0.1, gamma=0.1):
+    """Goyal et al. (2017): linear warm-up, then step decay (§2, baseline).
+
+    Linear in ``epoch`` from ``start_lr`` at 0 to ``base_lr`` at
+    ``warmup_epochs``; from there ``base_lr * gamma ** n`` where ``n`` is
+    the number of milestones ``<= epoch``.
+    """
+    e = numpy.asarray(epoch, dtype=numpy.float64)
+    n = numpy.zeros(e.shape, numpy.int64)
+    for milestone in milestones:
+        n = n + (e >= milestone)
+    value = base_lr * gamma ** n
+    if warmup_epochs > 0:
+        ramp = start_lr + (base_lr - start_lr) * e / warmup_epochs
+        value = numpy.where(e < warmup_epochs, ramp, value)
+    return _result(value, epoch)
+
+
+def linear_scaled_lr(global_batch, per_256=0.1):
+    """Linear scaling rule: ``per_256 * global_batch / 256`` (12.8 for 32,768)."""
+    return per_256 * (global_batch / 256)
+
+
+def progress_epochs(iteration, iters_per_epoch, whole_epochs=False):
+    """Training progress in epochs after ``iteration`` updates.
+
+    ``iteration / iters_per_epoch`` (may be fractional, and so may
+    ``iters_per_epoch``: 1,281,167 / 32,768 = 39.1); with ``whole_epochs``
+    the number of completed epochs, ``floor`` of that.
+    """
+    if not iters_per_epoch > 0:
+        raise ValueError('progress_epochs: iters_per_epoch must be positive, '
+                         'got {!r}'.format(iters_per_epoch))
+    e = iteration / iters_per_epoch
+    return float(math.floor(e)) if whole_epochs else e
+
+
+class HyperparameterSchedule(extension.Extension):
+
+    """Trainer extension: ``optimizer.<attr> = fn(epoch)`` before every update.
+
+    Iteration convention: the update that takes ``updater.iteration`` from
+    ``t`` to ``t + 1`` uses ``fn(t / iters_per_epoch)``. Chainer calls
+    extensions *after* each update, so the call that sees iteration ``t``
+    sets the value for the next update; :meth:`initialize`, which Chainer
+    calls before the first update of every ``trainer.run()`` (a fresh start
+    and a resume from a snapshot alike), sets it for the first one. The
+    extension keeps no state: the value depends on ``updater.iteration``
+    only, which the snapshot restores.
+
+    Extensions with a higher priority than this one (e.g.
+    ``observe_lr``, ``PRIORITY_WRITER``) still see the value that the update
+    just made used.
+
+    Works through ChainerMN's multi-node optimizer, which forwards attribute
+    assignment to the wrapped optimizer. Note that the multi-node optimizer's
+    first ``update()`` only broadcasts the parameters and does not update.
+
+    Args:
+        attr (str): Hyperparameter to set, e.g. ``'lr'`` or ``'alpha_sgd'``.
+        fn (callable): Progress in epochs -> value, e.g.
+            ``functools.partial(slow_start_lr, base_lr=12.8)`` or
+            :func:`alpha_sgd`.
+        iters_per_epoch (float): Iterations (global batches) per epoch.
+        whole_epochs (bool): Pass completed epochs instead of fractional ones.
+        optimizer_name (str): Name of the updater's optimizer.
+
+    """
+    trigger = 1, 'iteration'
+
+    def __init__(self, attr, fn, iters_per_epoch, whole_epochs=False,
+                 optimizer_name='main'):
+        if not iters_per_epoch > 0:
+            raise ValueError('HyperparameterSchedule: iters_per_epoch must be '
+                             'positive, got {!r}'.format(iters_per_epoch))
+        self.attr = attr
+        self.fn = fn
+        self.iters_per_epoch = iters_per_epoch
+        self.whole_epochs = whole_epochs
+        self.optimizer_name = optimizer_name
+
+    @property
+    def default_name(self):
+        return 'schedule_{}'.format(self.attr)
+
+    def value_at(self, iteration):
+        """The value used by the update from ``iteration`` to ``iteration + 1``."""
+        return self.fn(progress_epochs(iteration, self.iters_per_epoch,
+                                       self.whole_epochs))
+
+    def initialize(self, trainer):
+        self(trainer)
+
+    def __call__(self, trainer):
+        updater = trainer.updater
+        optimizer = updater.get_optimizer(self.optimizer_name)
+        setattr(optimizer, self.attr, self.value_at(updater.iteration))
