@@ -139,7 +139,8 @@ class HyperparameterSchedule(extension.Extension):
 
     Extensions with a higher priority than this one (e.g.
     ``observe_lr``, ``PRIORITY_WRITER``) still see the value that the update
-    just made used.
+    just made used. The priority is below the snapshot extension's, so that
+    :meth:`initialize` runs after a snapshot was autoloaded.
 
     Works through ChainerMN's multi-node optimizer, which forwards attribute
     assignment to the wrapped optimizer. Note that the multi-node optimizer's
@@ -156,6 +157,10 @@ class HyperparameterSchedule(extension.Extension):
 
     """
     trigger = 1, 'iteration'
+    # Below the snapshot extension's -100: Chainer initialises extensions in
+    # priority order, and initialize() must see the iteration a snapshot
+    # autoload restored, not 0.
+    priority = -200
 
     def __init__(self, attr, fn, iters_per_epoch, whole_epochs=False,
                  optimizer_name='main'):

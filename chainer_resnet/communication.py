@@ -1,0 +1,131 @@
+"""Communicator factory and the other pieces every rank needs at start-up.
+
+Order matters (field-notes.md, problem 1): start the forkserver *before*
+the communicator, because forking a process that has initialised MPI over
+InfiniBand (or CUDA) can crash the child; the forkserver is forked while the
+process is still clean and every later loader worker comes from it.
+"""
+
+import multiprocessing
+import os
+import sys
+
+LOCAL_RANK_VARIABLES = ('OMPI_COMM_WORLD_LOCAL_RANK', 'MV2_COMM_WORLD_LOCAL_RANK',
+                        'MPI_LOCALRANKID', 'SLURM_LOCALID', 'PMI_LOCAL_RANK')
+
+
+class CommunicationError(RuntimeError):
+    """Set-up of the processes, devices or communicator went wrong."""
+
+
+def _noop():
+    pass
+
+
+def start_forkserver():
+    """Use the forkserver start method and start the server now.
+
+    Must run before the communicator is created (see the module docstring).
+    A dummy process is started and joined so the server really exists.
+    """
+    if multiprocessing.get_start_method(allow_none=True) != 'forkserver':
+        multiprocessing.set_start_method('forkserver', force=True)
+    p = multiprocessing.Process(target=_noop)
+    p.start()
+    p.join()
+
+
+def install_abort_on_error():
+    """Make an uncaught exception on any rank abort the whole MPI job.
+
+    Without it, one rank dies and the others wait forever in the next
+    collective (field-notes.md, problem 2). Uses ChainerMN's global except
+    hook, which prints the traceback and calls ``MPI_Abort``.
+    """
+    from chainermn import global_except_hook
+    global_except_hook.add_hook()
+
+
+def abort_if_distributed(code):
+    """End every rank with `code` when MPI runs more than one process.
+
+    Used after a user error was printed: exiting one rank alone would leave
+    the others waiting in their next collective.
+    """
+    mpi = sys.modules.get('mpi4py.MPI')
+    if mpi is not None and mpi.Is_initialized() and mpi.COMM_WORLD.Get_size() > 1:
+        mpi.COMM_WORLD.Abort(code)
+
+
+def create_communicator(*, gpu, allreduce_grad_dtype='float16'):
+    """ChainerMN communicator for this run.
+
+    On GPUs: ``pure_nccl`` with gradients cast to `allreduce_grad_dtype` only
+    for the allreduce (the paper's fp16, method.md §5). On CPU: ``naive``
+    (MPI allreduce in the gradients' own dtype, fp32); ChainerMN supports the
+    fp16 option only on ``pure_nccl``.
+    """
+    import chainermn
+    if gpu:
+        import numpy
+        return chainermn.create_communicator(
+            'pure_nccl', allreduce_grad_dtype=numpy.dtype(allreduce_grad_dtype))
+    return chainermn.create_communicator('naive')
+
+
+def create_multi_node_optimizer(actual_optimizer, comm, model):
+    """Wrap `actual_optimizer` for data-parallel training and set it up.
+
+    Broadcasts rank 0's parameters now. ChainerMN's wrapper otherwise spends
+    its first ``update()`` call on that broadcast *instead of* an update
+    (it compares the parameter list with the one it saw last, initially
+    empty), so the first iteration of every launch, including each resumed
+    one, would silently be skipped and a resumed run would differ from an
+    uninterrupted one. Recording the parameter list here avoids that; the
+    model's parameters must be initialised (no lazily-sized links).
+    """
+    import chainermn
+    optimizer = chainermn.create_multi_node_optimizer(actual_optimizer, comm)
+    optimizer.setup(model)
+    uninitialised = [name for name, p in model.namedparams() if p.array is None]
+    if uninitialised:
+        raise CommunicationError(
+            'parameters {} are not initialised; give every link its input '
+            'size so that all ranks can start from the same weights'.format(
+                ', '.join(uninitialised[:5])))
+    comm.bcast_data(model)
+    optimizer.is_changed(model)   # records the parameter list (see above)
+    return optimizer
+
+
+def select_gpu(comm, visible_gpus=None):
+    """GPU id for this rank: its rank within the node (``comm.intra_rank``).
+
+    Raises CommunicationError when a node runs more ranks than it has
+    visible GPUs (CUDA would otherwise fail later with "invalid device
+    ordinal").
+    """
+    if visible_gpus is None:
+        import cupy
+        visible_gpus = cupy.cuda.runtime.getDeviceCount()
+    if comm.intra_rank >= visible_gpus:
+        raise CommunicationError(
+            'rank {} is local rank {} on host {} but only {} GPU(s) are visible '
+            '(CUDA_VISIBLE_DEVICES={!r}). Start at most {} rank(s) per node, '
+            'e.g. mpiexec --map-by ppr:{}:node, or #SBATCH --ntasks-per-node={}.'
+            .format(comm.rank, comm.intra_rank, os.uname().nodename, visible_gpus,
+                    os.environ.get('CUDA_VISIBLE_DEVICES'), visible_gpus,
+                    visible_gpus, visible_gpus))
+    return comm.intra_rank
+
+
+def print0(comm, *args, **kwargs):
+    """print() on rank 0 only, flushed."""
+    if comm.rank == 0:
+        kwargs.setdefault('flush', True)
+        print(*args, **kwargs)
+
+
+def warn0(comm, message):
+    if comm.rank == 0:
+        print('WARNING: ' + message, file=sys.stderr, flush=True)

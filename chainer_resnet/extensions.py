@@ -1,0 +1,246 @@
+"""Trainer-side pieces that are not schedules.
+
+- :class:`BNStatisticsAllreduce`: average the last-batch BN statistics over
+  all workers right before evaluation and before a snapshot (method.md §3).
+- :class:`ExactEvaluator`: top-1/top-5 over the whole validation set, each
+  image counted exactly once whatever the world size.
+- :class:`TimedUpdater`: a StandardUpdater that reports images/s with and
+  without data-loading time, and the time spent waiting for data.
+"""
+
+import time
+
+import numpy
+
+import chainer
+import chainer.functions as F
+from chainer.dataset import convert
+from chainer.training import extension
+from chainer.training import extensions as chainer_extensions
+from chainer.training import updaters
+
+from chainer_resnet import batch_normalization
+
+
+def _to_host(array):
+    return chainer.backend.CpuDevice().send(array)
+
+
+class BNStatisticsAllreduce(extension.Extension):
+    """Average the kept BN statistics of every worker (method.md §3).
+
+    Each worker's :class:`~chainer_resnet.batch_normalization.LastBatchNormalization`
+    links hold the statistics of that worker's last training batch. This
+    extension replaces them, on every worker, by their average over workers,
+    so evaluation and saved models use statistics of the last *global* batch.
+    It is a collective: every rank must run it at the same iterations.
+
+    Args:
+        comm: a ChainerMN communicator.
+        model: the link whose BN links are averaged.
+        mode: ``'mean'`` averages means and variances separately, as the
+            paper-era ChainerMN ``AllreducePersistent`` did; ``'union'`` gives
+            the exact variance of the union of the workers' batches
+            (mean of variances plus variance of means).
+    """
+
+    priority = extension.PRIORITY_WRITER + 10   # before evaluator and snapshot
+
+    def __init__(self, comm, model, mode='mean'):
+        if mode not in ('mean', 'union'):
+            raise ValueError("BN statistics mode must be 'mean' or 'union', "
+                             'got {!r}'.format(mode))
+        self.comm = comm
+        self.model = model
+        self.mode = mode
+
+    def __call__(self, trainer=None):
+        links = batch_normalization.bn_links(self.model)
+        if not links or self.comm.size == 1:
+            return
+        means = [_to_host(link.mean) for link in links]
+        variances = [_to_host(link.var) for link in links]
+        sizes = [m.size for m in means]
+        flat = numpy.concatenate(
+            [numpy.concatenate(means), numpy.concatenate(variances)]).astype(
+                numpy.float64)
+        if self.mode == 'union':
+            # E[x^2] per worker = var + mean^2; averaging it and the mean over
+            # workers gives the union's variance as E[x^2] - E[x]^2.
+            flat_means = flat[:flat.size // 2]
+            flat = numpy.concatenate(
+                [flat_means, flat[flat.size // 2:] + flat_means ** 2])
+        total = numpy.empty_like(flat)
+        self.comm.mpi_comm.Allreduce(flat, total)
+        total /= self.comm.size
+        half = total.size // 2
+        avg_mean, avg_second = total[:half], total[half:]
+        avg_var = avg_second - avg_mean ** 2 if self.mode == 'union' else avg_second
+        offset = 0
+        for link, size in zip(links, sizes):
+            dev = chainer.backend.get_device_from_array(link.mean)
+            link.mean[...] = dev.send(
+                avg_mean[offset:offset + size].astype(link.mean.dtype))
+            link.var[...] = dev.send(
+                avg_var[offset:offset + size].astype(link.var.dtype))
+            offset += size
+
+
+class ExactEvaluator(chainer_extensions.Evaluator):
+    """Top-1/top-5 accuracy and loss over a validation set split across ranks.
+
+    Each rank evaluates its own, disjoint part of the validation set (no
+    padding with duplicates) and the sums of correct predictions, loss and
+    image counts are added over ranks, so every image counts exactly once.
+    Reports ``validation/main/{loss,accuracy,top5,images}`` on every rank.
+    """
+
+    default_name = 'validation'
+
+    def __init__(self, iterator, model, comm, device=None, converter=None):
+        kwargs = {'device': device}
+        if converter is not None:
+            kwargs['converter'] = converter
+        super().__init__(iterator, model, **kwargs)
+        self.comm = comm
+
+    def evaluate(self):
+        iterator = self._iterators['main']
+        model = self._targets['main']
+        if hasattr(iterator, 'reset'):
+            iterator.reset()
+        sums = numpy.zeros(4, dtype=numpy.float64)  # loss, top1, top5, count
+        with chainer.using_config('train', False), \
+                chainer.using_config('enable_backprop', False):
+            for batch in iterator:
+                x, t = convert._call_converter(self.converter, batch, self.device)
+                y = model.predictor(x) if hasattr(model, 'predictor') else model(x)
+                sums += _batch_sums(chainer.as_variable(y).array, t)
+        total = numpy.empty_like(sums)
+        self.comm.mpi_comm.Allreduce(sums, total)
+        count = max(total[3], 1.0)
+        prefix = (self.name or self.default_name) + '/main/'
+        result = {prefix + 'loss': total[0] / count,
+                  prefix + 'accuracy': total[1] / count,
+                  prefix + 'top5': total[2] / count,
+                  prefix + 'images': total[3]}
+        return result
+
+
+def _batch_sums(logits, labels):
+    """(summed loss, top-1 correct, top-5 correct, count) of one batch."""
+    xp = chainer.backend.get_array_module(logits)
+    loss = F.softmax_cross_entropy(logits, labels, reduce='no').array.sum()
+    k = min(5, logits.shape[1])
+    # Rank of the true class = number of classes scoring strictly higher.
+    true_scores = logits[xp.arange(len(labels)), labels][:, None]
+    rank = (logits > true_scores).sum(axis=1)
+    return numpy.array([float(loss), float((rank < 1).sum()),
+                        float((rank < k).sum()), float(len(labels))])
+
+
+class TimedUpdater(updaters.StandardUpdater):
+    """StandardUpdater that reports throughput and data-wait time.
+
+    Reported per iteration (rank 0's view; all ranks step together):
+    ``perf/images_per_sec`` (global images over wall time, data loading
+    included), ``perf/compute_images_per_sec`` (excluding the wait for the
+    next batch) and ``perf/data_wait_sec``.
+    """
+
+    def __init__(self, iterator, optimizer, workers=1, **kwargs):
+        super().__init__(iterator, optimizer, **kwargs)
+        self.workers = workers
+        self._last_end = None
+
+    def update_core(self):
+        start = time.perf_counter()
+        iterator = self._iterators['main']
+        batch = iterator.next()
+        loaded = time.perf_counter()
+        in_arrays = convert._call_converter(
+            self.converter, batch, self.input_device)
+        optimizer = self._optimizers['main']
+        loss_func = self.loss_func or optimizer.target
+        if isinstance(in_arrays, tuple):
+            optimizer.update(loss_func, *in_arrays)
+        elif isinstance(in_arrays, dict):
+            optimizer.update(loss_func, **in_arrays)
+        else:
+            optimizer.update(loss_func, in_arrays)
+        end = time.perf_counter()
+        images = len(batch) * self.workers
+        wall = end - (self._last_end if self._last_end is not None else start)
+        chainer.report({
+            'perf/images_per_sec': images / max(wall, 1e-9),
+            'perf/compute_images_per_sec': images / max(end - loaded, 1e-9),
+            'perf/data_wait_sec': loaded - start,
+        })
+        self._last_end = end
+        if self.auto_new_epoch and iterator.is_new_epoch:
+            optimizer.new_epoch(auto=True)
+
+
+class ChunkStopTrigger:
+    """Stop trigger for a run done in wall-time-sized chunks.
+
+    Stops at `total_iters`, or `chunk_iters` iterations after the iteration
+    this launch started from (after any resume), whichever comes first. It
+    keeps no serialized state, so a re-launch starts a fresh chunk.
+    """
+
+    def __init__(self, total_iters, chunk_iters=None):
+        if chunk_iters is not None and chunk_iters < 1:
+            raise ValueError('chunk_iters must be >= 1, got {}'.format(chunk_iters))
+        self.total_iters = total_iters
+        self.chunk_iters = chunk_iters
+        self.end = None
+
+    def __call__(self, trainer):
+        iteration = trainer.updater.iteration
+        if self.end is None:
+            # First call: after extensions were initialised (and a snapshot
+            # possibly autoloaded), before the first update of this launch.
+            self.end = self.total_iters if self.chunk_iters is None else min(
+                self.total_iters, iteration + self.chunk_iters)
+        return iteration >= self.end
+
+    def get_training_length(self):
+        return self.total_iters, 'iteration'
+
+
+class PointsTrigger:
+    """Fires at the given iterations (and at the end of the current chunk).
+
+    Stateless, unlike Chainer's interval and schedule triggers, so one
+    instance can be shared by several extensions (the BN-statistics allreduce
+    and the evaluator must fire together) and nothing needs resuming.
+    """
+
+    def __init__(self, points, chunk_stop=None):
+        self.points = frozenset(points)
+        self.chunk_stop = chunk_stop
+
+    def __call__(self, trainer):
+        iteration = trainer.updater.iteration
+        return iteration in self.points or (
+            self.chunk_stop is not None and self.chunk_stop.end is not None
+            and iteration == self.chunk_stop.end)
+
+
+class ResumablePrintReport(chainer_extensions.PrintReport):
+    """PrintReport that does not print the restored log again on resume.
+
+    Chainer's PrintReport does not save how many entries it printed, so after
+    a snapshot is loaded it prints the whole restored log. The priority is
+    below the snapshot extension's (-100) so that initialize() runs after an
+    autoload and sees the restored log.
+    """
+
+    priority = -150
+
+    def initialize(self, trainer):
+        log_report = self._log_report
+        if isinstance(log_report, str):
+            log_report = trainer.get_extension(log_report)
+        self._log_len = len(log_report.log)

@@ -1,0 +1,126 @@
+"""The real multi-process path: mpiexec -n 2 from this test process.
+
+Each launch runs inside a timeout. These tests start MPICH's mpiexec from
+the virtualenv (make installs it); they are skipped when no mpiexec exists.
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from run_mpi import mpiexec  # noqa: E402
+
+MPIEXEC = mpiexec()
+# A PrintReport row: epoch and iteration first (after a terminal escape).
+PRINTED_ROW = re.compile(r'^(?:\x1b\[J)?(\d+)\s+(\d+)\s', re.M)
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(MPIEXEC is None, reason='no mpiexec found')]
+
+
+@pytest.fixture(scope='module')
+def data_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('data'))
+
+
+def trainer_cmd(out, data_cache, *extra, n=2):
+    return [MPIEXEC, '-n', str(n), sys.executable,
+            os.path.join(ROOT, 'train_imagenet.py'), '--recipe', 'smoke',
+            '--out', str(out), '--data-cache', data_cache, '--loaderjobs', '0',
+            '--no-progress'] + list(extra)
+
+
+def run(cmd, timeout=300):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_exception_on_one_rank_ends_all_ranks():
+    start = time.time()
+    code, out = run([MPIEXEC, '-n', '2', sys.executable,
+                     os.path.join(HERE, 'mpi_abort_probe.py'), 'hook'], timeout=60)
+    assert code != 0
+    assert time.time() - start < 60
+    assert 'injected failure on rank 1' in out
+    assert 'passed the barrier' not in out
+
+
+def test_negative_control_without_the_hook_the_job_hangs():
+    proc = subprocess.Popen([MPIEXEC, '-n', '2', sys.executable,
+                             os.path.join(HERE, 'mpi_abort_probe.py'), 'nohook'],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=8)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_two_rank_smoke_run_finishes_with_validation(tmp_path, data_cache):
+    out = tmp_path / 'run'
+    code, text = run(trainer_cmd(out, data_cache))
+    assert code == 0, text
+    assert 'workers=2' in text and 'global_batch=16' in text
+    # Rank 0 alone reports: the summary line appears once.
+    assert text.count('chainer_resnet: recipe=smoke') == 1
+    log = json.loads((out / 'log').read_text())
+    final = [e for e in log if 'validation/main/accuracy' in e][-1]
+    assert final['validation/main/images'] == 40
+    assert json.loads((out / 'status.json').read_text())['complete'] is True
+
+
+def test_killed_run_resumes_and_equals_an_uninterrupted_run(tmp_path, data_cache):
+    extra = ['--set', 'epochs=4']               # 16 iterations, snapshot every 4
+    reference = tmp_path / 'reference'
+    code, text = run(trainer_cmd(reference, data_cache, *extra))
+    assert code == 0, text
+
+    out = tmp_path / 'killed'
+    proc = subprocess.Popen(trainer_cmd(out, data_cache, *extra), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not glob.glob(str(out / 'snapshot_iter_*.0')):
+            assert proc.poll() is None, 'run ended before its first snapshot'
+            assert time.time() < deadline, 'no snapshot within 240 s'
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)     # a crash: no clean shutdown
+        proc.wait()
+    assert not (out / 'status.json').exists(), 'killed too late to test resume'
+
+    code, text = run(trainer_cmd(out, data_cache, *extra))   # the same command
+    assert code == 0, text
+    printed = [int(m.group(2)) for m in PRINTED_ROW.finditer(text)]
+    assert printed and min(printed) > 4, 'the re-launch started from scratch'
+    log = json.loads((out / 'log').read_text())
+    iterations = [e['iteration'] for e in log]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 16
+    assert json.loads((out / 'status.json').read_text())['complete'] is True
+    a = numpy.load(str(reference / 'model.npz'))
+    b = numpy.load(str(out / 'model.npz'))
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_world_size_guard_stops_a_mismatched_launch(tmp_path, data_cache):
+    code, text = run(trainer_cmd(tmp_path, data_cache, '--set',
+                                 'expected_workers=4'))
+    assert code != 0
+    assert 'written for 4 workers but 2 process(es) were started' in text
