@@ -98,6 +98,46 @@ def create_multi_node_optimizer(actual_optimizer, comm, model):
     return optimizer
 
 
+FP16_MAX = 65504.0
+
+
+def fp16_allreduce_mean(per_rank, prescale=False):
+    """NumPy model of ChainerMN's ``pure_nccl`` fp16 gradient mean.
+
+    `per_rank` is an array (W, N): each row one rank's fp32 gradients. What
+    ``pure_nccl`` with ``allreduce_grad_dtype=float16`` does on the GPU:
+    cast each rank's gradients to fp16, sum them with NCCL in fp16 (a ring
+    adds one rank's contribution at a time, rounding to fp16 after each
+    addition), multiply by 1/W in fp16, cast back to fp32.
+
+    ``prescale=True`` models the variant that multiplies by 1/W *before*
+    the cast: the sum can no longer overflow, but small gradients fall into
+    fp16's subnormal range (below 6.1e-5) and lose precision. Which one a run
+    uses is the recipe's ``allreduce_prescale`` (default False: ChainerMN's
+    behaviour, the paper's; see benchmarks/fp16_allreduce.md for why).
+    """
+    import numpy
+    per_rank = numpy.asarray(per_rank, dtype=numpy.float32)
+    size = per_rank.shape[0]
+    scale = numpy.float32(1.0 / size)
+    with numpy.errstate(over='ignore'):
+        if prescale:
+            per_rank = per_rank * scale
+        wire = per_rank.astype(numpy.float16)
+        total = wire[0].copy()
+        for row in wire[1:]:
+            total = (total + row).astype(numpy.float16)
+        if not prescale:
+            total = (total.astype(numpy.float32) * scale).astype(numpy.float16)
+    return total.astype(numpy.float32)
+
+
+def fp16_sum_overflows(max_abs_grad, size):
+    """Whether summing `size` ranks' gradients of magnitude up to
+    `max_abs_grad` can exceed fp16's largest finite value (65,504)."""
+    return max_abs_grad * size > FP16_MAX
+
+
 def select_gpu(comm, visible_gpus=None):
     """GPU id for this rank: its rank within the node (``comm.intra_rank``).
 
