@@ -1,0 +1,54 @@
+#!/bin/bash
+# =============================================================================
+# What:      the job scripts' launch on one workstation: the akiba2017 recipe
+#            (or RECIPE=...) on every GPU of this machine, one MPI rank per GPU,
+#            pure_nccl with fp16 allreduce. Away from 1,024 workers the
+#            recipe's world-size guard is lifted explicitly and the lr follows
+#            the linear scaling rule (printed at start).
+# Resources: this machine's GPUs (nvidia-smi -L; or GPUS=N), ~2 cores per GPU.
+# Expected:  akiba2017 on 8 P100 ~20 h, on 8 V100/A100 fp32 ~10 h / ~4 h;
+#            stop and re-run the same command at any time: it resumes from the
+#            newest snapshot (CHUNK_EPOCHS=N stops after N epochs).
+# Run:       jobs/local/workstation_gpu.sh
+#            DRY_RUN=1 GPUS=2 jobs/local/workstation_gpu.sh   # print commands
+# No scheduler: the MPI launcher is mpiexec from the virtualenv or PATH.
+# =============================================================================
+set -euo pipefail
+
+REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+
+# ---- NOTE: site: edit for your machine --------------------------------------
+# Environment modules (empty: none) and the virtualenv with chainer_resnet
+# (pip install -e '.[gpu]').
+: "${MODULES=}"
+: "${VENV=$REPO/.venv}"
+# ImageNet: list files of "path label" lines (or class folders), image root.
+: "${TRAIN_LIST=/data/imagenet/train.txt}"
+: "${VAL_LIST=/data/imagenet/val.txt}"
+: "${DATA_ROOT=/data/imagenet}"
+# The launcher (Open MPI's or MPICH's mpiexec: detected) and extra flags.
+: "${MPIRUN=mpiexec}"
+: "${MPIRUN_FLAGS=}"
+# NCCL inside one machine needs no network settings; WARN or INFO.
+export NCCL_IB_HCA="${NCCL_IB_HCA-}"
+export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME-}"
+export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
+# -----------------------------------------------------------------------------
+
+# shellcheck source=jobs/common.sh
+source "$REPO/jobs/common.sh"
+# One rank per GPU: those in CUDA_VISIBLE_DEVICES if set, else all of them.
+if [[ -z "${GPUS:-}" && -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+    IFS=, read -r -a visible <<<"$CUDA_VISIBLE_DEVICES"
+    GPUS=${#visible[@]}
+fi
+if [[ -z "${GPUS:-}" ]]; then
+    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    [[ "$GPUS" -gt 0 ]] || die "no GPU found (nvidia-smi -L): set GPUS=N, or use jobs/local/smoke_cpu.sh on a machine without GPUs"
+fi
+job_setup local "$GPUS"
+mpirun_launcher
+chunk_begin
+preflight
+launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py "${TRAIN_ARGV[@]}"
+chunk_end local_resubmit
