@@ -189,9 +189,12 @@ def _train(args, recipe, out, comm, gpu):
     model.to_device(device)
 
     # 6. Scatter indices, not data: each rank reads its own images.
-    train_local = train_ids[numpy.array(
-        _scatter_range(n_train, comm, equal=True))]
-    val_local = val_ids[numpy.array(_scatter_range(len(val_ids), comm, equal=False))]
+    # Training indices are shuffled before they are split (list files are
+    # usually sorted by class); validation is split as it is, exactly once.
+    train_local = communication.scatter_indices(
+        train_ids, comm.size, comm.rank, equal=True, shuffle_seed=recipe.seed)
+    val_local = communication.scatter_indices(val_ids, comm.size, comm.rank,
+                                              equal=False)
     train_tf, val_tf = make_transforms(recipe)
     train_set = datasets.AugmentedDataset(train_base, train_tf, recipe.seed,
                                           indices=train_local)
@@ -267,7 +270,11 @@ def _train(args, recipe, out, comm, gpu):
                                       compression=False),
             filename='snapshot_iter_{.updater.iteration}',
             autoload=args.resume is None, n_retains=2),
-        [range(comm.size)]), trigger=snap_trigger)
+        [range(comm.size)]),
+        # ChainerMN's wrapper would run at the default priority (100), before
+        # LogReport, and a snapshot at a log iteration would lose that entry;
+        # -100 is Chainer's own snapshot priority.
+        trigger=snap_trigger, priority=-100)
 
     # 10. Reporting on rank 0 only.
     if comm.rank == 0:
@@ -329,23 +336,6 @@ def _train(args, recipe, out, comm, gpu):
         print0(comm, 'log:   {}\nplots: {}\nmodel: {}'.format(
             status['log'], ', '.join(status['plots']), model_path))
     return trainer
-
-
-def _scatter_range(n, comm, equal):
-    """This rank's positions in [0, n): contiguous blocks.
-
-    `equal`: every rank gets ceil(n / size) positions, the short ones padded
-    by wrapping around (training: all ranks must run the same number of
-    iterations). Otherwise the blocks are disjoint and cover [0, n) exactly
-    once (evaluation).
-    """
-    size, rank = comm.size, comm.rank
-    if equal:
-        per = -(-n // size)
-        return [(rank * per + i) % n for i in range(per)]
-    start = n * rank // size
-    end = n * (rank + 1) // size
-    return list(range(start, end))
 
 
 def _iterators(train_set, val_set, recipe, sampler, loaderjobs):
