@@ -261,16 +261,24 @@ def scaled_schedule(recipe, *, name, epochs, **changes):
 
 
 # `make demo`: the paper's recipe on the embedded 4,000/1,000 MNIST-digit
-# images (28x28 RGB JPEGs), 32x32 crops, one CPU worker. Digits do not
-# survive mirroring or 8 %-area crops, so flip is off and the crop keeps at
-# least 35 % of the image. Epoch boundaries scale with the epoch count.
+# images (28x28 RGB JPEGs). What changes besides the data, and why:
+# - 24x24 crops: ResNet-50's 32x downsampling still ends on a 1x1 map, and on
+#   2 CPU cores a step costs 0.45 s at 24 px against 0.51 s at 32 px
+#   (benchmarks/README.md), which buys the epochs the digits need;
+# - crops keep >= 75 % of the image and are not mirrored: a digit does not
+#   survive an 8 %-area crop or a flip (measured: 35 % crops held the demo
+#   near 91 % top-1);
+# - 10 epochs, every epoch boundary scaled by 10/90 (warm-up hand-over at
+#   epoch 1.4, lr steps at 4.4, 7.8 and 9.4).
+# Workers and batch follow the launch: `make demo` runs 2 ranks x 32, so the
+# linear scaling rule gives eta_base = 0.1 x 64 / 256.
 DEMO = scaled_schedule(
-    AKIBA2017, name='demo', epochs=5,
+    AKIBA2017, name='demo', epochs=10,
     expected_workers=None,
     num_classes=10,
     train_images=4000,
-    crop_size=32,
-    crop_area_min=0.35,
+    crop_size=24,
+    crop_area_min=0.75,
     horizontal_flip=False,
     eval_interval_epochs=1,
     log_interval_iters=25,
