@@ -470,7 +470,20 @@ class ValTransform(_Normalize):
         return self.normalize(out)
 
 
-class PreResizedRandomCropTransform(_Normalize):
+class _PreResized(_Normalize):
+    """Shared set-up of the two pre-resized transforms."""
+
+    def __init__(self, crop_size, mean, std, pre_size):
+        super().__init__(mean, std)
+        self.crop_size = _check_size('crop_size', crop_size)
+        self.pre_size = _check_size('pre_size', pre_size)
+        if self.pre_size < self.crop_size:
+            raise ValueError(
+                'pre_size ({}) must be at least crop_size ({})'.format(
+                    pre_size, crop_size))
+
+
+class PreResizedRandomCropTransform(_PreResized):
     """Resize to ``pre_size`` squared, random crop, random flip, normalise.
 
     The augmentation of Chainer's ImageNet example (and of Akiba et al.
@@ -487,13 +500,7 @@ class PreResizedRandomCropTransform(_Normalize):
     """
 
     def __init__(self, crop_size, mean, std, pre_size=256, flip=True):
-        super().__init__(mean, std)
-        self.crop_size = _check_size('crop_size', crop_size)
-        self.pre_size = _check_size('pre_size', pre_size)
-        if self.pre_size < self.crop_size:
-            raise ValueError(
-                'pre_size ({}) must be at least crop_size ({})'.format(
-                    pre_size, crop_size))
+        super().__init__(crop_size, mean, std, pre_size)
         self.flip = bool(flip)
 
     def __call__(self, image, rng):
@@ -509,7 +516,7 @@ class PreResizedRandomCropTransform(_Normalize):
         return self.normalize(out)
 
 
-class PreResizedCenterCropTransform(_Normalize):
+class PreResizedCenterCropTransform(_PreResized):
     """Resize to ``pre_size`` squared, centre crop, normalise (evaluation).
 
     The validation counterpart of :class:`PreResizedRandomCropTransform`.
@@ -517,13 +524,7 @@ class PreResizedCenterCropTransform(_Normalize):
     """
 
     def __init__(self, crop_size, mean, std, pre_size=256):
-        super().__init__(mean, std)
-        self.crop_size = _check_size('crop_size', crop_size)
-        self.pre_size = _check_size('pre_size', pre_size)
-        if self.pre_size < self.crop_size:
-            raise ValueError(
-                'pre_size ({}) must be at least crop_size ({})'.format(
-                    pre_size, crop_size))
+        super().__init__(crop_size, mean, std, pre_size)
 
     def __call__(self, image, rng=None):
         _check_image(image)
