@@ -129,8 +129,13 @@ def test_cpu_communicator_is_naive_and_works_without_mpiexec():
 
 
 def test_forkserver_is_started():
-    communication.start_forkserver()
-    assert multiprocessing.get_start_method() == 'forkserver'
+    previous = multiprocessing.get_start_method(allow_none=True)
+    try:
+        communication.start_forkserver()
+        assert multiprocessing.get_start_method() == 'forkserver'
+    finally:
+        # The start method is process-wide: later tests must not inherit it.
+        multiprocessing.set_start_method(previous, force=True)
 
 
 def test_print0_prints_on_rank_zero_only(capsys):

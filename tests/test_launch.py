@@ -72,7 +72,9 @@ def test_negative_control_without_the_hook_the_job_hangs():
 
 def test_two_rank_smoke_run_finishes_with_validation(tmp_path, data_cache):
     out = tmp_path / 'run'
-    code, text = run(trainer_cmd(out, data_cache))
+    # With a loader process per rank: the forkserver + MultiprocessIterator
+    # path that real runs take (the other launch tests load in-process).
+    code, text = run(trainer_cmd(out, data_cache, '--loaderjobs', '1'))
     assert code == 0, text
     assert 'workers=2' in text and 'global_batch=16' in text
     # Rank 0 alone reports: the summary line appears once.

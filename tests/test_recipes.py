@@ -47,8 +47,11 @@ def test_demo_is_the_paper_recipe_scaled():
     assert DEMO.warmup_period_epochs / DEMO.epochs == pytest.approx(5 / 90)
     for field in ('optimizer', 'lr_schedule', 'batch_norm', 'resnet_variant',
                   'zero_init_residual', 'lr_rmsprop', 'mu1', 'mu2', 'eps',
-                  'weight_decay', 'allreduce_grad_dtype', 'lr_per_256'):
+                  'weight_decay', 'allreduce_grad_dtype'):
         assert getattr(DEMO, field) == getattr(AKIBA2017, field), field
+    # The one optimizer deviation, documented in recipes.py: 4.4 epochs at
+    # the peak rate instead of 40 need twice the rate per 256 images.
+    assert DEMO.lr_per_256 == 2 * AKIBA2017.lr_per_256
     assert DEMO.expected_workers is None
     assert DEMO.summary(1)['iters_per_epoch'] == 125
     assert SMOKE.warmup_center_epochs / SMOKE.epochs == pytest.approx(10 / 90)
