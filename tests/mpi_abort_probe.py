@@ -3,8 +3,8 @@
 With the abort hook (argument `hook`) the whole job must end; without it
 the waiting ranks hang (the negative control).
 """
-import sys, time
-import chainer_resnet
+import sys
+import chainer_resnet  # noqa: F401  (chainer compatibility hook first)
 from chainer_resnet import communication
 comm = communication.create_communicator(gpu=False)
 if sys.argv[1] == 'hook':

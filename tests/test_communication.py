@@ -148,7 +148,6 @@ def test_print0_prints_on_rank_zero_only(capsys):
 def test_pure_nccl_fp16_allreduce_equals_fp32_mean_on_gpu():
     # World size 1 still runs the cast path: pack to fp16, NCCL sum, scale
     # by 1/size, unpack to fp32.
-    import chainer
     import chainer.links as L
     import cupy
     comm = communication.create_communicator(gpu=True, allreduce_grad_dtype='float16')
@@ -167,4 +166,3 @@ def test_pure_nccl_fp16_allreduce_equals_fp32_mean_on_gpu():
         expected = communication.fp16_allreduce_mean(grads[name].reshape(1, -1))
         numpy.testing.assert_allclose(got.ravel(), expected, rtol=1e-3, atol=1e-6)
         numpy.testing.assert_allclose(got, grads[name], rtol=2e-3, atol=1e-5)
-    del chainer

@@ -60,7 +60,6 @@ def test_smoke_run_writes_log_plots_snapshot_and_resumes(tmp_path, data_cache, c
 
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path, data_cache):
-    import chainer
     a, b = tmp_path / 'a', tmp_path / 'b'
     extra = ['--set', 'epochs=1']               # 8 iterations
     train_imagenet.run(_args(a, data_cache, *extra))
@@ -71,7 +70,6 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data_cache):
     assert sorted(wa.files) == sorted(wb.files)
     for key in wa.files:
         numpy.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
-    del chainer
 
 
 def test_bad_recipe_and_paths_are_clear_errors(tmp_path, data_cache, capsys):
