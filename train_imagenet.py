@@ -180,11 +180,11 @@ def _train(args, recipe, out, comm, gpu):
         bn = batch_normalization.LastBatchNormalization
     else:
         bn = L.BatchNormalization
+    # Seeded initialisation; rank 0's weights are broadcast with the optimizer.
     numpy.random.seed(recipe.seed)
     predictor = resnet.ResNet50(
         n_class=recipe.num_classes, variant=recipe.resnet_variant,
         zero_init_residual=recipe.zero_init_residual, bn=bn)
-    # Seeded initialisation; rank 0's weights are broadcast with the optimizer.
     model = L.Classifier(predictor)
     model.to_device(device)
 

@@ -58,32 +58,20 @@ class BNStatisticsAllreduce(extension.Extension):
         links = batch_normalization.bn_links(self.model)
         if not links or self.comm.size == 1:
             return
-        means = [_to_host(link.mean) for link in links]
-        variances = [_to_host(link.var) for link in links]
-        sizes = [m.size for m in means]
-        flat = numpy.concatenate(
-            [numpy.concatenate(means), numpy.concatenate(variances)]).astype(
-                numpy.float64)
-        if self.mode == 'union':
-            # E[x^2] per worker = var + mean^2; averaging it and the mean over
-            # workers gives the union's variance as E[x^2] - E[x]^2.
-            flat_means = flat[:flat.size // 2]
-            flat = numpy.concatenate(
-                [flat_means, flat[flat.size // 2:] + flat_means ** 2])
-        total = numpy.empty_like(flat)
-        self.comm.mpi_comm.Allreduce(flat, total)
-        total /= self.comm.size
-        half = total.size // 2
-        avg_mean, avg_second = total[:half], total[half:]
+        mean = numpy.concatenate([_to_host(l.mean) for l in links]).astype(numpy.float64)
+        var = numpy.concatenate([_to_host(l.var) for l in links]).astype(numpy.float64)
+        # 'union': average E[x^2] = var + mean^2 and take E[x^2] - E[x]^2.
+        second = var + mean ** 2 if self.mode == 'union' else var
+        total = numpy.empty(2 * mean.size)
+        self.comm.mpi_comm.Allreduce(numpy.concatenate([mean, second]), total)
+        avg_mean, avg_second = numpy.split(total / self.comm.size, 2)
         avg_var = avg_second - avg_mean ** 2 if self.mode == 'union' else avg_second
         offset = 0
-        for link, size in zip(links, sizes):
-            dev = chainer.backend.get_device_from_array(link.mean)
-            link.mean[...] = dev.send(
-                avg_mean[offset:offset + size].astype(link.mean.dtype))
-            link.var[...] = dev.send(
-                avg_var[offset:offset + size].astype(link.var.dtype))
-            offset += size
+        for link in links:
+            end = offset + link.mean.size
+            link.set_statistics(avg_mean[offset:end].astype(link.mean.dtype),
+                                avg_var[offset:end].astype(link.var.dtype))
+            offset = end
 
 
 class ExactEvaluator(chainer_extensions.Evaluator):
