@@ -22,7 +22,8 @@ import chainer_resnet  # noqa: F401
 import chainer
 import chainer.functions as F
 
-from chainer_resnet import batch_normalization, communication, datasets, resnet
+from chainer_resnet import batch_normalization, communication, resnet
+from chainer_resnet.data import demo, layouts, sampling, transforms
 
 
 def gradients(model, x, t):
@@ -75,10 +76,10 @@ def main():
     p.add_argument('--model', help='trained model.npz (10 classes) to also measure')
     args = p.parse_args()
     rng = numpy.random.default_rng(0)
-    demo = datasets.demo_dataset()
-    base = datasets.ListDataset(demo.train_list, demo.root)
-    tf = datasets.TrainTransform(args.size, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)
-    ds = datasets.AugmentedDataset(base, tf, seed=0)
+    data = demo.demo_dataset()
+    base = layouts.ListDataset(data.train_list, data.root)
+    tf = transforms.TrainTransform(args.size, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+    ds = sampling.AugmentedDataset(base, tf, seed=0)
     ids = rng.choice(len(base), args.batch, replace=False)
     x = numpy.stack([ds[i][0] for i in ids])
     t = numpy.array([ds[i][1] for i in ids], numpy.int32)

@@ -20,7 +20,8 @@ import chainer_resnet  # noqa: F401
 import chainer
 import chainer.functions as F
 
-from chainer_resnet import batch_normalization, datasets, optimizers, resnet
+from chainer_resnet import batch_normalization, optimizers, resnet
+from chainer_resnet.data import demo, layouts, sampling, transforms
 
 
 def _sync(device):
@@ -56,10 +57,10 @@ def model_step_rate(device, size, batch, iters, warmup=2):
 
 
 def data_rate(size, n=400):
-    demo = datasets.demo_dataset()
-    base = datasets.ListDataset(demo.train_list, demo.root)
-    tf = datasets.TrainTransform(size, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)
-    ds = datasets.AugmentedDataset(base, tf, seed=0)
+    data = demo.demo_dataset()
+    base = layouts.ListDataset(data.train_list, data.root)
+    tf = transforms.TrainTransform(size, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+    ds = sampling.AugmentedDataset(base, tf, seed=0)
     start = time.perf_counter()
     for i in range(n):
         ds[i * 7 % len(base)]

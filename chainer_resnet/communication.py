@@ -62,7 +62,7 @@ def create_communicator(*, gpu, allreduce_grad_dtype='float16'):
     """ChainerMN communicator for this run.
 
     On GPUs: ``pure_nccl`` with gradients cast to `allreduce_grad_dtype` only
-    for the allreduce (the paper's fp16, method.md §5). On CPU: ``naive``
+    for the allreduce (the paper's fp16, docs/method.md §5). On CPU: ``naive``
     (MPI allreduce in the gradients' own dtype, fp32); ChainerMN supports the
     fp16 option only on ``pure_nccl``.
     """
@@ -97,33 +97,6 @@ def create_multi_node_optimizer(actual_optimizer, comm, model):
     comm.bcast_data(model)
     optimizer.is_changed(model)   # records the parameter list (see above)
     return optimizer
-
-
-def scatter_indices(indices, size, rank, *, equal, shuffle_seed=None):
-    """This rank's share of `indices` (sample indices, not samples).
-
-    Every rank calls it with the same arguments but its own `rank`.
-    `equal=True` (training): every rank gets ceil(n / size) indices, the last
-    ones wrapping around to the start, because all ranks must run the same
-    number of iterations. `equal=False` (evaluation): disjoint blocks that
-    cover `indices` exactly once. `shuffle_seed`: permute first, identically
-    on every rank. Training needs it: list files are usually sorted by
-    class, and contiguous blocks would give each rank a few classes only, so
-    its per-worker BN statistics would not describe the data.
-    """
-    import numpy
-    indices = numpy.asarray(indices)
-    if shuffle_seed is not None:
-        indices = numpy.random.default_rng([shuffle_seed, 11]).permutation(indices)
-    n = len(indices)
-    if n < size:
-        raise CommunicationError(
-            '{} samples cannot be split over {} ranks: use fewer ranks or more '
-            'data'.format(n, size))
-    if equal:
-        per = -(-n // size)
-        return indices[(rank * per + numpy.arange(per)) % n]
-    return indices[n * rank // size:n * (rank + 1) // size]
 
 
 FP16_MAX = 65504.0

@@ -44,3 +44,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_mpi)
         if under_mpi and 'mpi' not in item.keywords:
             item.add_marker(skip_not_mpi)
+
+
+@pytest.fixture
+def list_tree(tmp_path):
+    """Three images (PNG, gray PNG, JPEG) under ``tmp_path/images`` and a list
+    file ``tmp_path/train.txt`` naming them, with blank lines and odd spacing.
+
+    Returns ``(list_path, root)`` as strings.
+    """
+    import numpy
+    from PIL import Image
+    root = tmp_path / 'images'
+    for relative, array in [
+            ('a/red.png', numpy.full((6, 9, 3), (255, 0, 0), dtype=numpy.uint8)),
+            ('b/gray.png', numpy.full((5, 4), 77, dtype=numpy.uint8)),
+            ('a/blue.JPEG', numpy.full((16, 16, 3), (0, 0, 255), dtype=numpy.uint8))]:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(str(root / relative))
+    list_path = tmp_path / 'train.txt'
+    list_path.write_text(
+        '\nb/gray.png 1\na/red.png 2\n\n  a/blue.JPEG\t0  \n\n')
+    return str(list_path), str(root)

@@ -68,43 +68,6 @@ def test_prescaling_loses_small_gradients_to_subnormals():
     assert err_prescaled > 2 * err_default
 
 
-@pytest.mark.parametrize('n,size', [(10, 1), (10, 2), (10, 3), (7, 4), (4000, 8)])
-def test_scatter_indices_for_evaluation_cover_each_index_once(n, size):
-    ids = numpy.arange(100, 100 + n)
-    parts = [communication.scatter_indices(ids, size, r, equal=False)
-             for r in range(size)]
-    numpy.testing.assert_array_equal(numpy.concatenate(parts), ids)
-
-
-@pytest.mark.parametrize('n,size', [(10, 1), (10, 3), (7, 4), (4000, 8)])
-def test_scatter_indices_for_training_are_equal_and_cover_everything(n, size):
-    ids = numpy.arange(n)
-    parts = [communication.scatter_indices(ids, size, r, equal=True, shuffle_seed=0)
-             for r in range(size)]
-    assert len({len(p) for p in parts}) == 1
-    assert len(parts[0]) == -(-n // size)
-    assert set(numpy.concatenate(parts)) == set(ids)
-    again = communication.scatter_indices(ids, size, 0, equal=True, shuffle_seed=0)
-    numpy.testing.assert_array_equal(again, parts[0])   # same on every rank
-
-
-def test_training_shards_of_a_class_sorted_list_hold_every_class():
-    labels = numpy.repeat(numpy.arange(10), 400)          # sorted, like list files
-    ids = numpy.arange(len(labels))
-    for rank in range(2):
-        mine = communication.scatter_indices(ids, 2, rank, equal=True, shuffle_seed=0)
-        counts = numpy.bincount(labels[mine], minlength=10)
-        assert counts.min() > 150, counts                 # ~200 of each class
-    # Negative control: contiguous blocks give each rank half of the classes.
-    block = communication.scatter_indices(ids, 2, 0, equal=True)
-    assert set(labels[block]) == set(range(5))
-
-
-def test_too_few_samples_for_the_ranks_is_a_clear_error():
-    with pytest.raises(communication.CommunicationError, match='3 samples cannot'):
-        communication.scatter_indices(numpy.arange(3), 4, 0, equal=False)
-
-
 class _FakeComm:
     def __init__(self, rank, intra_rank):
         self.rank, self.intra_rank = rank, intra_rank

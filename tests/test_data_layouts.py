@@ -1,0 +1,295 @@
+"""Tests for chainer_resnet.data.layouts: list files, class folders, open_dataset.
+
+Image trees are generated in tmp_path; ``list_tree`` (three images and a
+list file) is in conftest.py because the sampling tests use it too.
+"""
+
+import os
+
+import numpy
+import pytest
+from PIL import Image
+
+from chainer_resnet.data import layouts
+
+
+def write_image(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def solid(colour, size=(6, 9)):
+    return numpy.full(size + (3,), colour, dtype=numpy.uint8)
+
+
+# ---------------------------------------------------------------------------
+# ListDataset
+
+def test_list_dataset_reads_images_and_labels_in_file_order(list_tree):
+    list_path, root = list_tree
+    ds = layouts.ListDataset(list_path, root)
+    assert len(ds) == 3
+    assert ds.paths == [os.path.join(root, 'b', 'gray.png'),
+                        os.path.join(root, 'a', 'red.png'),
+                        os.path.join(root, 'a', 'blue.JPEG')]
+    assert all(os.path.isabs(p) for p in ds.paths)
+    assert ds.labels.dtype == numpy.int32
+    numpy.testing.assert_array_equal(ds.labels, [1, 2, 0])
+    assert ds.num_classes == 3
+
+    gray, label = ds[0]
+    assert gray.shape == (5, 4, 3) and gray.dtype == numpy.uint8
+    assert (gray == 77).all()  # grayscale replicated to RGB
+    assert label == 1 and label.dtype == numpy.int32
+    red, _ = ds.get_example(1)
+    assert red.shape == (6, 9, 3)
+    numpy.testing.assert_array_equal(red[0, 0], [255, 0, 0])
+    blue, label = ds[2]
+    assert blue.shape == (16, 16, 3) and label == 0
+    assert abs(int(blue[8, 8, 2]) - 255) <= 3 and blue[8, 8, 0] <= 3
+
+
+def test_list_dataset_relative_root_gives_absolute_paths(list_tree,
+                                                         monkeypatch):
+    list_path, root = list_tree
+    monkeypatch.chdir(os.path.dirname(root))
+    ds = layouts.ListDataset(list_path, 'images', num_classes=5)
+    assert ds.paths[1] == os.path.join(root, 'a', 'red.png')
+    assert ds.num_classes == 5
+
+
+def test_list_dataset_rgba_is_converted_to_rgb(tmp_path):
+    rgba = numpy.zeros((3, 3, 4), dtype=numpy.uint8)
+    rgba[..., 1] = 200
+    rgba[..., 3] = 10
+    write_image(str(tmp_path / 'x.png'), rgba)
+    (tmp_path / 'l.txt').write_text('x.png 0\n')
+    image, _ = layouts.ListDataset(str(tmp_path / 'l.txt'), str(tmp_path))[0]
+    assert image.shape == (3, 3, 3)
+    assert (image[..., 1] == 200).all() and (image[..., 0] == 0).all()
+
+
+def test_missing_list_file(tmp_path):
+    missing = str(tmp_path / 'nope.txt')
+    with pytest.raises(layouts.DatasetError, match='nope.txt does not exist'):
+        layouts.ListDataset(missing, str(tmp_path))
+
+
+def test_missing_list_root(list_tree, tmp_path):
+    list_path, _ = list_tree
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.ListDataset(list_path, str(tmp_path / 'elsewhere'))
+    assert 'elsewhere' in str(info.value) and 'not a folder' in str(info.value)
+    assert list_path in str(info.value)
+
+
+@pytest.mark.parametrize('bad_line, fields', [
+    ('a/red.png', 1), ('a/red.png 1 2', 3), ('my photo.png 1', 3)])
+def test_malformed_line_names_file_line_and_text(list_tree, bad_line, fields):
+    list_path, root = list_tree
+    with open(list_path, 'a') as f:
+        f.write(bad_line + '\n')
+    # fixture lines: 1 blank, 2, 3, 4 blank, 5, 6 blank, then ours is line 7
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.ListDataset(list_path, root)
+    message = str(info.value)
+    assert '{}, line 7'.format(list_path) in message
+    assert 'got {}'.format(fields) in message
+    assert repr(bad_line) in message
+
+
+def test_non_integer_label(list_tree):
+    list_path, root = list_tree
+    with open(list_path, 'a') as f:
+        f.write('a/red.png cat\n')
+    with pytest.raises(layouts.DatasetError,
+                       match=r'line 7: label .cat. is not an integer'):
+        layouts.ListDataset(list_path, root)
+
+
+def test_negative_label(list_tree):
+    list_path, root = list_tree
+    with open(list_path, 'a') as f:
+        f.write('a/red.png -1\n')
+    with pytest.raises(layouts.DatasetError, match=r'line 7: label -1 is negative'):
+        layouts.ListDataset(list_path, root)
+
+
+def test_label_at_num_classes_is_out_of_range(list_tree):
+    list_path, root = list_tree
+    layouts.ListDataset(list_path, root, num_classes=3)  # labels 0..2 fit
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.ListDataset(list_path, root, num_classes=2)
+    message = str(info.value)
+    assert '{}, line 3: label 2 is out of range [0, 2)'.format(
+        list_path) in message
+    assert 'num_classes=2' in message
+
+
+def test_missing_images_reported_with_line_numbers(list_tree):
+    list_path, root = list_tree
+    with open(list_path, 'a') as f:
+        f.write('a/gone1.png 0\n\nb/gone2.png 1\n')
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.ListDataset(list_path, root)
+    message = str(info.value)
+    assert message.startswith('2 of the 5 images listed in {}'.format(
+        list_path))
+    assert 'line 7: {}'.format(os.path.join(root, 'a', 'gone1.png')) in message
+    assert 'line 9: {}'.format(os.path.join(root, 'b', 'gone2.png')) in message
+    assert 'root' in message
+
+
+def test_missing_images_report_is_capped(tmp_path):
+    (tmp_path / 'l.txt').write_text(
+        ''.join('x{}.png 0\n'.format(i) for i in range(20)))
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.ListDataset(str(tmp_path / 'l.txt'), str(tmp_path))
+    message = str(info.value)
+    assert message.startswith('20 of the 20 images')
+    assert 'line 5:' in message and 'line 6:' not in message
+
+
+def test_empty_list_file(tmp_path):
+    (tmp_path / 'l.txt').write_text('\n\n')
+    with pytest.raises(layouts.DatasetError, match='l.txt has no entries'):
+        layouts.ListDataset(str(tmp_path / 'l.txt'), str(tmp_path))
+
+
+@pytest.mark.parametrize('content', [b'not an image at all', 'truncated'])
+def test_corrupt_image_named_when_loaded(tmp_path, content):
+    path = tmp_path / 'bad.jpg'
+    if content == 'truncated':
+        write_image(str(tmp_path / 'good.jpg'),
+                    numpy.random.default_rng(0).integers(
+                        0, 256, (64, 64, 3), dtype=numpy.uint8))
+        content = (tmp_path / 'good.jpg').read_bytes()
+        content = content[:len(content) // 2]
+    path.write_bytes(content)
+    (tmp_path / 'l.txt').write_text('bad.jpg 0\n')
+    ds = layouts.ListDataset(str(tmp_path / 'l.txt'), str(tmp_path))
+    with pytest.raises(layouts.DatasetError) as info:
+        ds[0]
+    assert 'cannot read image {}'.format(path) in str(info.value)
+    assert 'corrupt' in str(info.value)
+
+
+def test_image_deleted_after_build_is_named(list_tree):
+    list_path, root = list_tree
+    ds = layouts.ListDataset(list_path, root)
+    os.remove(ds.paths[0])
+    with pytest.raises(layouts.DatasetError, match='gray.png does not exist'):
+        ds[0]
+
+
+# ---------------------------------------------------------------------------
+# FolderDataset
+
+def test_folder_dataset_sorted_classes_and_files(tmp_path):
+    root = tmp_path / 'root'
+    # created out of order; labels must follow sorted names
+    write_image(str(root / 'zebra' / 'b.PNG'), solid((1, 1, 1)))
+    write_image(str(root / 'zebra' / 'a.jpg'), solid((2, 2, 2)))
+    write_image(str(root / 'apple' / 'x.JpEg'), solid((3, 3, 3)))
+    write_image(str(root / 'apple' / 'sub' / 'y.bmp'), solid((4, 4, 4)))
+    write_image(str(root / 'mango' / 'm.ppm'), solid((5, 5, 5)))
+    (root / 'mango' / 'notes.txt').write_text('not an image')
+    write_image(str(root / 'mango' / '.hidden.png'), solid((6, 6, 6)))
+    write_image(str(root / '.cache' / 'c.png'), solid((7, 7, 7)))
+    write_image(str(root / 'loose.png'), solid((8, 8, 8)))
+
+    ds = layouts.FolderDataset(str(root))
+    assert ds.classes == ['apple', 'mango', 'zebra']
+    assert ds.num_classes == 3
+    relative = [os.path.relpath(p, str(root)) for p in ds.paths]
+    assert relative == [os.path.join('apple', 'sub', 'y.bmp'),
+                        os.path.join('apple', 'x.JpEg'),
+                        os.path.join('mango', 'm.ppm'),
+                        os.path.join('zebra', 'a.jpg'),
+                        os.path.join('zebra', 'b.PNG')]
+    assert ds.labels.dtype == numpy.int32
+    numpy.testing.assert_array_equal(ds.labels, [0, 0, 1, 2, 2])
+    image, label = ds[3]
+    assert image.shape == (6, 9, 3) and image.dtype == numpy.uint8
+    assert label == 2 and label.dtype == numpy.int32
+    assert abs(int(image.mean()) - 2) <= 2
+
+
+def test_folder_missing_root(tmp_path):
+    with pytest.raises(layouts.DatasetError, match='nowhere is not a folder'):
+        layouts.FolderDataset(str(tmp_path / 'nowhere'))
+
+
+def test_folder_without_class_folders(tmp_path):
+    write_image(str(tmp_path / 'loose.png'), solid((1, 2, 3)))
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.FolderDataset(str(tmp_path))
+    assert '{} has no class folders'.format(tmp_path) in str(info.value)
+
+
+def test_folder_empty_class_named(tmp_path):
+    write_image(str(tmp_path / 'cat' / 'a.png'), solid((1, 2, 3)))
+    os.makedirs(str(tmp_path / 'dog'))
+    (tmp_path / 'dog' / 'readme.txt').write_text('no images here')
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.FolderDataset(str(tmp_path))
+    message = str(info.value)
+    assert 'class folder {}'.format(tmp_path / 'dog') in message
+    assert "'dog'" in message and 'holds no images' in message
+
+
+def test_folder_corrupt_image_named(tmp_path):
+    (tmp_path / 'cat').mkdir()
+    (tmp_path / 'cat' / 'x.png').write_bytes(b'\x89PNG garbage')
+    ds = layouts.FolderDataset(str(tmp_path))
+    with pytest.raises(layouts.DatasetError, match='cannot read image .*x.png'):
+        ds[0]
+
+
+
+
+# ---------------------------------------------------------------------------
+# open_dataset
+
+def test_open_dataset_reads_a_folder_as_class_folders(list_tree):
+    _, root = list_tree
+    ds = layouts.open_dataset(root, '/ignored/for/folders', num_classes=1)
+    assert isinstance(ds, layouts.FolderDataset)
+    assert ds.classes == ['a', 'b'] and ds.num_classes == 2
+    expected = layouts.FolderDataset(root)
+    assert ds.paths == expected.paths
+    numpy.testing.assert_array_equal(ds.labels, expected.labels)
+
+
+def test_open_dataset_reads_a_file_as_a_list_under_root(list_tree):
+    list_path, root = list_tree
+    ds = layouts.open_dataset(list_path, root, num_classes=5)
+    assert isinstance(ds, layouts.ListDataset)
+    assert ds.num_classes == 5
+    expected = layouts.ListDataset(list_path, root, num_classes=5)
+    assert ds.paths == expected.paths
+    numpy.testing.assert_array_equal(ds.labels, expected.labels)
+    with pytest.raises(layouts.DatasetError, match='out of range'):
+        layouts.open_dataset(list_path, root, num_classes=2)
+
+
+def test_open_dataset_list_root_defaults_to_the_list_files_folder(list_tree,
+                                                                 monkeypatch):
+    _, root = list_tree
+    with open(os.path.join(root, 'inside.txt'), 'w') as f:
+        f.write('a/red.png 2\nb/gray.png 1\n')
+    monkeypatch.chdir(root)
+    # a bare file name: its folder is the working directory
+    ds = layouts.open_dataset('inside.txt', None, None)
+    assert ds.paths == [os.path.join(root, 'a', 'red.png'),
+                        os.path.join(root, 'b', 'gray.png')]
+    assert ds.num_classes == 3
+    # negative control: the fixture's list sits above the images
+    list_path, _ = list_tree
+    with pytest.raises(layouts.DatasetError, match='3 of the 3 images'):
+        layouts.open_dataset(list_path, None, None)
+
+
+def test_open_dataset_missing_path_is_a_missing_list_file(tmp_path):
+    with pytest.raises(layouts.DatasetError, match='nope.txt does not exist'):
+        layouts.open_dataset(str(tmp_path / 'nope.txt'), None, None)
