@@ -2,6 +2,10 @@
 
 Runs under MPICH's ``mpiexec`` from the virtualenv (2 CPU ranks) and as plain
 singletons, in subprocesses: the pytest process itself never starts MPI here.
+The printed report is also frozen from hand-built data (``cli.report``), for
+the multi-node and GPU layouts this machine cannot launch. The checks one by
+one: test_doctor_checks.py; the facts and probes: test_doctor_facts.py,
+test_doctor_probes.py.
 """
 
 import os
@@ -10,10 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy
 import pytest
 
-from chainer_resnet import doctor
+from chainer_resnet.doctor import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -108,8 +111,8 @@ def test_every_rank_exits_with_rank_zeros_verdict(tmp_path):
     code = ('import sys; from chainer_resnet import doctor; '
             'from mpi4py import MPI; '
             'rc = doctor.run(sys.argv[2:]); '
-            'open("{}/rank%d" % MPI.COMM_WORLD.Get_rank(), "w").write(str(rc)); sys.exit(rc)'.format(
-                tmp_path))
+            'open("{}/rank%d" % MPI.COMM_WORLD.Get_rank(), "w").write(str(rc)); '
+            'sys.exit(rc)'.format(tmp_path))
 
     def verdicts(*args):
         for f in tmp_path.glob('rank*'):
@@ -190,58 +193,146 @@ def test_usage_errors_exit_2():
     assert r.returncode == 2 and 'must be >= 1' in r.stdout
 
 
-# --- the pieces, in this process (no MPI) -------------------------------------------
+# --- the printed report, from hand-built data (no MPI) ------------------------------
 
-def test_mpi_family():
-    assert doctor.mpi_family('mpirun (Open MPI) 4.1.5') == 'Open MPI'
-    assert doctor.mpi_family('Open MPI v5.0.3, package: Open MPI') == 'Open MPI'
-    assert doctor.mpi_family('MPICH Version:      5.0.2') == 'MPICH'
-    assert doctor.mpi_family('HYDRA 4.1.2') == 'MPICH'
-    assert doctor.mpi_family('Intel(R) MPI Library 2021.10 for Linux* OS') == 'MPICH'
-    assert doctor.mpi_family('MVAPICH2 Version: 2.3.7') == 'MPICH'
-    assert doctor.mpi_family('aprun 1.0') is None
+def rank_row(host, local_var, cuda_visible='(unset)', forwarded=None):
+    return {'host': host, 'python': '/work/main/.venv/bin/python', 'local_var': local_var,
+            'cuda_visible': cuda_visible, 'forwarded': forwarded or {},
+            'launcher_size': []}
 
 
-def test_intra_ranks_group_by_host_like_chainermn():
-    hosts = ['a', 'b', 'a', 'b', 'a']
-    assert doctor.intra_ranks(hosts) == [(0, 3), (0, 2), (1, 3), (1, 2), (2, 3)]
+CPU_SOFTWARE = ([('python', '3.11.7 (/work/main/.venv/bin/python)'), ('numpy', '1.26.4'),
+                 ('chainer', '7.8.1 (chainermn 7.8.1)'), ('cupy', 'not installed'),
+                 ('cuDNN', 'unavailable (no CuPy)'), ('NCCL', 'unavailable (no CuPy)')],
+                [])
+MPICH = {'library': 'MPICH Version: 5.0.2', 'mpi4py': '4.1.2', 'config': {}}
+HYDRA = [(name, '/work/main/.venv/bin/' + name, 'HYDRA 5.0.2')
+         for name in ('mpiexec', 'mpirun')]
 
 
-@pytest.mark.parametrize('size', [1, 4, 5])
-def test_grad_pattern_mean_is_the_closed_form(size):
-    grads = [doctor.grad_pattern(r, size)[0] for r in range(size)]
-    expected = doctor.grad_pattern(0, size)[1]
-    numpy.testing.assert_allclose(numpy.mean(grads, axis=0), expected, rtol=1e-6)
+def test_report_of_two_cpu_ranks_is_the_one_in_jobs_readme():
+    args = cli.parse_args(['--device', 'cpu', '--expect-world-size', '2',
+                           '--expect-gpus-per-node', '2'])
+    rows = [rank_row('vm', 'MPI_LOCALRANKID=0'), rank_row('vm', 'MPI_LOCALRANKID=1')]
+    results = [{'mpi_sum': 3, 'fp16_mpi': 0.0, 'naive': 0.0}] * 2
+    text, status = cli.report(args, rows, results, MPICH, CPU_SOFTWARE, HYDRA)
+    assert status == 0
+    assert text == '\n'.join([
+        'chainer_resnet doctor: 2 rank(s) on 1 node(s), device cpu',
+        '== software ==',
+        '  python       3.11.7 (/work/main/.venv/bin/python)',
+        '  numpy        1.26.4',
+        '  chainer      7.8.1 (chainermn 7.8.1)',
+        '  cupy         not installed',
+        '  cuDNN        unavailable (no CuPy)',
+        '  NCCL         unavailable (no CuPy)',
+        '  mpi4py       4.1.2 (build config: none recorded: a binary wheel)',
+        '  MPI library  MPICH Version: 5.0.2 (the libmpi mpi4py runs on)',
+        '  mpiexec      /work/main/.venv/bin/mpiexec: HYDRA 5.0.2',
+        '  mpirun       /work/main/.venv/bin/mpirun: HYDRA 5.0.2',
+        '  NCCL env     (none set)',
+        '== ranks ==',
+        '  rank  host  local  local-rank variable  CUDA_VISIBLE_DEVICES  GPU',
+        '  0     vm    0/2    MPI_LOCALRANKID=0    (unset)               -',
+        '  1     vm    1/2    MPI_LOCALRANKID=1    (unset)               -',
+        '== checks ==',
+        '  OK    world size 2 (expected 2)',
+        '  OK    2 rank(s) on each of 1 node(s) (expected 2 per node)',
+        '  OK    same Python and NCCL_* variables on every rank',
+        '  OK    MPI allreduce: sum of rank+1 over 2 rank(s) = 3',
+        '  OK    fp16 allreduce over MPI (fp16 on the wire, fp16 sum, x 1/size, as '
+        'pure_nccl does; CPU training itself averages in fp32): max relative error '
+        '0.0e+00 (tolerance 2.0e-03)',
+        '  OK    ChainerMN naive communicator (MPI, fp32): multi_node_mean_grad equals '
+        'the mean: max relative error 0.0e+00 (tolerance 1.0e-05)',
+        'doctor: all checks passed'])
 
 
-@pytest.mark.parametrize('size', [1, 2, 3, 8, 1024])
-def test_fp16_path_is_within_tolerance_and_a_wrong_mean_is_not(size):
-    grads = [doctor.grad_pattern(r, size)[0] for r in range(size)]
-    expected = doctor.grad_pattern(0, size)[1]
+def test_report_of_a_singleton_ranks_only_is_the_one_in_jobs_readme():
+    args = cli.parse_args(['--device', 'cpu', '--expect-world-size', '2',
+                           '--expect-gpus-per-node', '2', '--ranks-only'])
+    text, status = cli.report(args, [rank_row('vm', 'MPI_LOCALRANKID=0')], [{}], MPICH,
+                              None, None)
+    assert status == 1
+    lines = text.splitlines()
+    assert lines[:4] == [
+        'chainer_resnet doctor: 1 rank(s) on 1 node(s), device cpu (rank counts only)',
+        '  mpi4py 4.1.2 on MPICH Version: 5.0.2',
+        '== ranks ==',
+        '  rank  host  local  local-rank variable  CUDA_VISIBLE_DEVICES  GPU']
+    assert lines[4:7] == ['  0     vm    0/1    MPI_LOCALRANKID=0    (unset)               -',
+                          '== checks ==',
+                          'FAIL: only 1 rank(s) started but the job asked for 2']
+    assert lines[8:] == [
+        'FAIL: ranks per node differ from the 2 expected: vm has 1',
+        '  fix: place exactly 2 ranks on every node: mpirun --map-by ppr:2:node (Open MPI) '
+        'or -ppn 2 (hydra), #PBS ...:mpiprocs=2, #SBATCH --ntasks-per-node=2; or set '
+        'GPUS_PER_NODE to the GPUs a node really has',
+        '  OK    same Python and NCCL_* variables on every rank',
+        'doctor: 2 check(s) FAILED (see the FAIL: lines)']
 
-    def error(got):
-        got = got.astype(numpy.float32)
-        return numpy.max(numpy.abs(got - expected) / expected)
 
-    # pure_nccl's fp16 path: cast, sum in fp16 (ring order), x 1/size in fp16.
-    acc = numpy.zeros_like(grads[0], dtype=numpy.float16)
-    for g in grads:
-        acc += g.astype(numpy.float16)
-    assert error(acc * numpy.float16(1.0 / size)) <= doctor.fp16_tolerance(size)
-    # Negative controls: the sum not divided by size; one rank missing.
-    if size > 1:
-        assert error(acc) > doctor.fp16_tolerance(size)
-    if 1 < size <= 8:
-        missing = (acc - grads[-1].astype(numpy.float16)) * numpy.float16(1.0 / size)
-        assert error(missing) > doctor.fp16_tolerance(size)
-
-
-def test_arbitrary_fp16_sums_over_many_ranks_drift():
-    """Why grad_pattern uses exact units: plain fp16 sums lose per cents."""
-    rng = numpy.random.default_rng(0)
-    values = rng.uniform(1.0, 2.0, size=(1024, 257)).astype(numpy.float32)
-    acc = numpy.zeros(257, dtype=numpy.float16)
-    for v in values:
-        acc += v.astype(numpy.float16)
-    drift = numpy.max(numpy.abs(acc.astype(numpy.float64) - values.sum(0)) / values.sum(0))
-    assert drift > doctor.fp16_tolerance(1024)
+def test_report_of_two_gpu_nodes_under_open_mpi():
+    """The GPU branch of every section, which only a GPU cluster launches."""
+    args = cli.parse_args(['--device', 'gpu', '--expect-world-size', '4',
+                           '--expect-gpus-per-node', '2'])
+    nccl = {'NCCL_IB_HCA': 'mlx5_0', 'NCCL_SOCKET_IFNAME': 'ib0'}   # sorted, as rank_facts
+    rows = [rank_row('gpu{:02d}'.format(1 + r // 2),
+                     'OMPI_COMM_WORLD_LOCAL_RANK={}'.format(r % 2), '0,1', nccl)
+            for r in range(4)]
+    results = [{'gpu': r % 2, 'gpu_bus': '0000:{}:00'.format(('1b', '3d')[r % 2]),
+                'gpu_desc': '{}: NVIDIA H100 [0000:{}:00]'.format(r % 2, ('1b', '3d')[r % 2]),
+                'mpi_sum': 10, 'fp16_mpi': 0.0, 'nccl32': 0.0, 'nccl16': 3e-4}
+               for r in range(4)]
+    software = ([('python', '3.11.7 (/site/venv/bin/python)'), ('numpy', '1.26.4'),
+                 ('chainer', '7.8.1 (chainermn 7.8.1)'),
+                 ('cupy', '13.3.0 (CUDA runtime 12040, driver 12040, 2 GPU(s) visible '
+                  'to rank 0)'),
+                 ('cuDNN', '8902 (chainer uses it: True)'), ('NCCL', '22005')], [])
+    mpi = {'library': 'Open MPI v4.1.5, package: Open MPI', 'mpi4py': '4.1.2',
+           'config': {'mpicc': '/opt/openmpi/bin/mpicc'}}
+    launchers = [('mpiexec', '/opt/openmpi/bin/mpiexec', 'mpiexec (OpenRTE) 4.1.5'),
+                 ('mpirun', '/opt/openmpi/bin/mpirun', 'mpirun (Open MPI) 4.1.5')]
+    text, status = cli.report(args, rows, results, mpi, software, launchers)
+    assert status == 0, text
+    lines = text.splitlines()
+    assert lines[:2] == ['chainer_resnet doctor: 4 rank(s) on 2 node(s), device gpu',
+                         '== software ==']
+    assert lines[5:8] == ['  cupy         13.3.0 (CUDA runtime 12040, driver 12040, '
+                          '2 GPU(s) visible to rank 0)',
+                          '  cuDNN        8902 (chainer uses it: True)',
+                          '  NCCL         22005']
+    assert lines[8:] == [
+        '  mpi4py       4.1.2 (build config: mpicc=/opt/openmpi/bin/mpicc)',
+        '  MPI library  Open MPI v4.1.5, package: Open MPI (the libmpi mpi4py runs on)',
+        '  mpiexec      /opt/openmpi/bin/mpiexec: mpiexec (OpenRTE) 4.1.5',
+        '  mpirun       /opt/openmpi/bin/mpirun: mpirun (Open MPI) 4.1.5',
+        '  NCCL env     NCCL_IB_HCA=mlx5_0 NCCL_SOCKET_IFNAME=ib0',
+        '== ranks ==',
+        '  rank  host   local  local-rank variable           CUDA_VISIBLE_DEVICES  GPU',
+        '  0     gpu01  0/2    OMPI_COMM_WORLD_LOCAL_RANK=0  0,1                   '
+        '0: NVIDIA H100 [0000:1b:00]',
+        '  1     gpu01  1/2    OMPI_COMM_WORLD_LOCAL_RANK=1  0,1                   '
+        '1: NVIDIA H100 [0000:3d:00]',
+        '  2     gpu02  0/2    OMPI_COMM_WORLD_LOCAL_RANK=0  0,1                   '
+        '0: NVIDIA H100 [0000:1b:00]',
+        '  3     gpu02  1/2    OMPI_COMM_WORLD_LOCAL_RANK=1  0,1                   '
+        '1: NVIDIA H100 [0000:3d:00]',
+        '== checks ==',
+        '  OK    world size 4 (expected 4)',
+        '  OK    2 rank(s) on each of 2 node(s) (expected 2 per node)',
+        '  OK    same Python and NCCL_* variables on every rank',
+        '  OK    MPI allreduce: sum of rank+1 over 4 rank(s) = 10',
+        '  OK    fp16 allreduce over MPI (fp16 on the wire, fp16 sum, x 1/size, as '
+        'pure_nccl does): max relative error 0.0e+00 (tolerance 2.0e-03)',
+        '  OK    NCCL allreduce (pure_nccl, fp32): multi_node_mean_grad equals the mean: '
+        'max relative error 0.0e+00 (tolerance 1.0e-05)',
+        '  OK    NCCL fp16 allreduce (pure_nccl, allreduce_grad_dtype=float16) vs the fp32 '
+        'mean: max relative error 3.0e-04 (tolerance 2.0e-03)',
+        'doctor: all checks passed']
+    # Negative control: rank 3 on the GPU of rank 2 (CUDA_VISIBLE_DEVICES in
+    # another order on rank 2) fails the run.
+    results[3] = dict(results[3], gpu_bus='0000:1b:00')
+    text, status = cli.report(args, rows, results, mpi, software, launchers)
+    assert status == 1
+    assert 'FAIL: ranks 2 and 3 share GPU 0000:1b:00 on gpu02' in text.splitlines()
