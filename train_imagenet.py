@@ -16,17 +16,25 @@ resumes from the newest snapshot in ``--out``.
 
 import argparse
 import functools
-import json
 import os
 import sys
 
 import numpy
 
 import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
+import chainer
+import chainer.links as L
+import chainermn
+from chainer.training import extensions
+
 from chainer_resnet import communication
-from chainer_resnet import datasets
-from chainer_resnet import recipes
+from chainer_resnet import extensions as cr_ext
+from chainer_resnet import optimizers, recipes, resnet, schedules, status
 from chainer_resnet.communication import print0
+from chainer_resnet.data import demo, layouts, sampling, transforms
+
+# What the trainer reports as a one-line error (exit status 2), not a traceback.
+USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError)
 
 
 def parse_args(argv):
@@ -62,42 +70,11 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def load_dataset(path, root, num_classes):
-    if os.path.isdir(path):
-        return datasets.FolderDataset(path)
-    return datasets.ListDataset(path, root or os.path.dirname(os.path.abspath(path)),
-                                num_classes=num_classes)
-
-
-def subset(n, size, seed):
-    """Global indices of the first `size` images of a fixed permutation."""
-    if size is None or size >= n:
-        return numpy.arange(n)
-    return numpy.sort(numpy.random.default_rng([seed, 7]).permutation(n)[:size])
-
-
-def make_transforms(recipe):
-    if recipe.augmentation == 'pre_resized':
-        train = datasets.PreResizedRandomCropTransform(
-            recipe.crop_size, recipe.mean, recipe.std,
-            pre_size=recipe.pre_resize_size, flip=recipe.horizontal_flip)
-        val = datasets.PreResizedCenterCropTransform(
-            recipe.crop_size, recipe.mean, recipe.std,
-            pre_size=recipe.pre_resize_size)
-    else:
-        train = datasets.TrainTransform(
-            recipe.crop_size, recipe.mean, recipe.std,
-            scale=(recipe.crop_area_min, 1.0), flip=recipe.horizontal_flip)
-        val = datasets.ValTransform(recipe.crop_size, recipe.mean, recipe.std)
-    return train, val
-
-
 def main(argv=None):
     """Command-line entry point; returns the exit status."""
     try:
         run(argv)
-    except (recipes.RecipeError, datasets.DatasetError,
-            communication.CommunicationError) as e:
+    except USER_ERRORS as e:
         # A user error: say it without a traceback, and end every rank.
         print('error: {}'.format(e), file=sys.stderr, flush=True)
         communication.abort_if_distributed(2)
@@ -117,157 +94,94 @@ def run(argv=None):
         communication.start_forkserver()
 
     # 2. Communicator and device. An exception on any rank aborts all ranks.
-    gpu = args.device != 'cpu'
     comm = communication.create_communicator(
-        gpu=gpu, allreduce_grad_dtype=recipe.allreduce_grad_dtype)
+        gpu=args.device != 'cpu', allreduce_grad_dtype=recipe.allreduce_grad_dtype)
     communication.install_abort_on_error()
-    return _train(args, recipe, out, comm, gpu)
-
-
-def _train(args, recipe, out, comm, gpu):
-    import chainer
-    import chainer.links as L
-    from chainer.training import extensions
-    import chainermn
-
-    from chainer_resnet import batch_normalization, extensions as cr_ext
-    from chainer_resnet import optimizers, resnet, schedules
-
     recipe.check_world_size(comm.size)
-    if gpu:
-        gpu_id = (communication.select_gpu(comm) if args.device == 'gpu'
-                  else int(args.device))
-        device = chainer.get_device('@cupy:{}'.format(gpu_id))
-    else:
-        device = chainer.get_device('@numpy')
+    device = _device(args.device, comm)
     device.use()
 
     # 3. Data: every rank opens the same dataset description; the demo
     #    dataset is built once per node (a file lock serialises the ranks).
-    if args.train is None:
-        demo = datasets.demo_dataset(cache_dir=args.data_cache)
-        train_path, val_path, root = demo.train_list, demo.val_list, demo.root
-    else:
-        if args.val is None:
-            raise datasets.DatasetError('--train given without --val')
-        train_path, val_path, root = args.train, args.val, args.root
-    train_base = load_dataset(train_path, root, recipe.num_classes)
-    val_base = load_dataset(val_path, root, recipe.num_classes)
-    train_ids = subset(len(train_base), recipe.train_subset, recipe.seed)
-    val_ids = subset(len(val_base), recipe.val_subset, recipe.seed)
+    train_path, val_path, root = _dataset_paths(args)
+    train_base = layouts.open_dataset(train_path, root, recipe.num_classes)
+    val_base = layouts.open_dataset(val_path, root, recipe.num_classes)
+    train_ids = sampling.subset(len(train_base), recipe.train_subset, recipe.seed)
+    val_ids = sampling.subset(len(val_base), recipe.val_subset, recipe.seed)
     n_train = len(train_ids)
-    if comm.rank == 0 and recipe.train_subset is None and n_train != recipe.train_images:
-        communication.warn0(comm, 'recipe {!r} expects {} training images, the '
-                            'dataset has {}; iterations follow the dataset.'.format(
-                                recipe.name, recipe.train_images, n_train))
+    sched = schedules.from_recipe(recipe, comm.size, n_train)
+    ipe, total_iters = sched.iters_per_epoch, sched.total_iters
 
     # 4. Rank 0 prints the derived quantities and writes the effective recipe.
-    summary = recipe.summary(comm.size, n_train)
-    ipe = recipe.iters_per_epoch(comm.size, n_train)
-    total_iters = summary['total_iters']
     if comm.rank == 0:
+        if recipe.train_subset is None and n_train != recipe.train_images:
+            communication.warn0(comm, 'recipe {!r} expects {} training images, the '
+                                'dataset has {}; iterations follow the dataset.'.format(
+                                    recipe.name, recipe.train_images, n_train))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, 'recipe.json'), 'w') as f:
             f.write(recipe.to_json())
+        summary = dict(recipe.summary(comm.size, n_train), peak_lr=sched.peak('lr'))
         print0(comm, 'chainer_resnet: ' + ', '.join(
             '{}={}'.format(k, v) for k, v in summary.items()))
-        print0(comm, 'device={} communicator={} allreduce_grad_dtype={} out={}'
-               .format(device, type(comm).__name__,
-                       recipe.allreduce_grad_dtype if gpu else 'float32', out))
+        print0(comm, 'device={} communicator={} allreduce_grad_dtype={} out={}'.format(
+            device, type(comm).__name__,
+            recipe.allreduce_grad_dtype if args.device != 'cpu' else 'float32', out))
 
-    # 5. Model. BN link per recipe; zero-gamma per Goyal et al. (2017) §5.1.
-    if recipe.batch_norm == 'last_batch':
-        bn = batch_normalization.LastBatchNormalization
-    else:
-        bn = L.BatchNormalization
-    # Seeded initialisation; rank 0's weights are broadcast with the optimizer.
+    # 5. Model: seeded initialisation; rank 0's weights are broadcast with
+    #    the optimizer. BN link and zero-gamma per recipe (resnet.from_recipe).
     numpy.random.seed(recipe.seed)
-    predictor = resnet.ResNet50(
-        n_class=recipe.num_classes, variant=recipe.resnet_variant,
-        zero_init_residual=recipe.zero_init_residual, bn=bn)
+    predictor = resnet.from_recipe(recipe)
     model = L.Classifier(predictor)
     model.to_device(device)
 
     # 6. Scatter indices, not data: each rank reads its own images.
-    # Training indices are shuffled before they are split (list files are
-    # usually sorted by class); validation is split as it is, exactly once.
-    train_local = communication.scatter_indices(
+    #    Training indices are shuffled before they are split (list files are
+    #    usually sorted by class); validation is split as it is, exactly once.
+    train_local = sampling.scatter_indices(
         train_ids, comm.size, comm.rank, equal=True, shuffle_seed=recipe.seed)
-    val_local = communication.scatter_indices(val_ids, comm.size, comm.rank,
-                                              equal=False)
-    train_tf, val_tf = make_transforms(recipe)
-    train_set = datasets.AugmentedDataset(train_base, train_tf, recipe.seed,
+    val_local = sampling.scatter_indices(val_ids, comm.size, comm.rank, equal=False)
+    train_tf, val_tf = transforms.from_recipe(recipe)
+    train_set = sampling.AugmentedDataset(train_base, train_tf, recipe.seed,
                                           indices=train_local)
-    val_set = datasets.AugmentedDataset(val_base, val_tf, recipe.seed,
-                                        indices=val_local)
-    sampler = datasets.EpochOrderSampler(len(train_set), recipe.seed)
-    train_iter, val_iter = _iterators(train_set, val_set, recipe, sampler,
-                                      args.loaderjobs)
+    val_set = sampling.AugmentedDataset(val_base, val_tf, recipe.seed, indices=val_local)
+    sampler = sampling.EpochOrderSampler(len(train_set), recipe.seed)
+    train_iter, val_iter = _iterators(train_set, val_set, recipe.batch_per_worker,
+                                      sampler, args.loaderjobs)
 
     # 7. Optimizer: gradients averaged over ranks (fp16 on the wire with
-    #    pure_nccl), then weight decay, then the update (method.md §1, §5).
-    base_lr = recipe.base_lr(comm.size)
-    if recipe.optimizer == 'rmsprop_warmup':
-        warmup = functools.partial(
-            schedules.alpha_sgd, center=recipe.warmup_center_epochs,
-            period=recipe.warmup_period_epochs, k=recipe.warmup_k)
-        optimizer = optimizers.RMSpropWarmup(
-            lr=recipe.peak_lr(comm.size), alpha_sgd=warmup(0.0),
-            lr_rmsprop=recipe.lr_rmsprop, mu1=recipe.mu1, mu2=recipe.mu2,
-            eps=recipe.eps)
-    else:
-        warmup = None
-        optimizer = chainer.optimizers.CorrectedMomentumSGD(
-            lr=recipe.peak_lr(comm.size), momentum=recipe.mu1)
-    optimizer = communication.create_multi_node_optimizer(optimizer, comm, model)
-    if recipe.weight_decay > 0:
-        optimizer.add_hook(optimizers.WeightDecayExceptBN(
-            rate=recipe.weight_decay, include_bn=recipe.weight_decay_bn))
-    if recipe.lr_schedule == 'slow_start':
-        lr_fn = functools.partial(schedules.slow_start_lr, base_lr=base_lr,
-                                  total_epochs=recipe.epochs)
-    else:
-        lr_fn = functools.partial(
-            schedules.goyal_lr, base_lr=base_lr,
-            warmup_epochs=recipe.goyal_warmup_epochs,
-            milestones=recipe.goyal_milestones_epochs,
-            start_lr=recipe.goyal_start_lr)
+    #    pure_nccl), then weight decay, then the update (docs/method.md §1, §5).
+    optimizer = communication.create_multi_node_optimizer(
+        optimizers.from_recipe(recipe, **sched.initial_values()), comm, model)
+    for hook in optimizers.hooks_from_recipe(recipe):
+        optimizer.add_hook(hook)
 
     # 8. Updater and trainer; iteration triggers derived from global numbers,
     #    so every rank evaluates and snapshots at the same iterations.
-    updater = cr_ext.TimedUpdater(train_iter, optimizer, workers=comm.size,
-                                  device=device)
-    stop = cr_ext.ChunkStopTrigger(
-        total_iters, chunk_iters=_chunk_iters(args, ipe))
+    updater = cr_ext.TimedUpdater(train_iter, optimizer, workers=comm.size, device=device)
+    stop = cr_ext.ChunkStopTrigger(total_iters, chunk_iters=_chunk_iters(args, ipe))
     trainer = chainer.training.Trainer(updater, stop, out=out)
-    eval_points = _points(recipe.eval_interval_epochs * ipe, total_iters)
-    snap_points = _points(recipe.snapshot_interval_epochs * ipe, total_iters)
-    eval_trigger = cr_ext.PointsTrigger(eval_points)
-    snap_trigger = cr_ext.PointsTrigger(snap_points, stop)
+    eval_trigger = cr_ext.PointsTrigger(
+        cr_ext.points(recipe.eval_interval_epochs * ipe, total_iters))
+    snap_trigger = cr_ext.PointsTrigger(
+        cr_ext.points(recipe.snapshot_interval_epochs * ipe, total_iters), stop)
 
     # 9. On all ranks: schedules, BN statistics averaging, evaluation,
     #    snapshots. The schedules also run at initialisation (resume-safe).
-    trainer.extend(schedules.HyperparameterSchedule(
-        'lr', lr_fn, ipe, whole_epochs=recipe.whole_epoch_progress), name='lr_schedule')
-    if warmup is not None:
-        trainer.extend(schedules.HyperparameterSchedule(
-            'alpha_sgd', warmup, ipe, whole_epochs=recipe.whole_epoch_progress),
-            name='alpha_sgd_schedule')
+    for name, extension in sched.extensions():
+        trainer.extend(extension, name=name)
+    bn_sync = None
     if recipe.batch_norm == 'last_batch':
-        bn_sync = cr_ext.BNStatisticsAllreduce(comm, predictor,
-                                               mode=recipe.bn_stats_average)
+        bn_sync = cr_ext.BNStatisticsAllreduce(comm, predictor, mode=recipe.bn_stats_average)
         trainer.extend(bn_sync, trigger=eval_trigger, name='bn_allreduce_eval')
         trainer.extend(bn_sync, trigger=snap_trigger, name='bn_allreduce_snapshot')
-    else:
-        bn_sync = None
     trainer.extend(cr_ext.ExactEvaluator(val_iter, model, comm, device=device),
                    trigger=eval_trigger)
     trainer.extend(chainermn.extensions.multi_node_snapshot(
         comm, extensions.snapshot(
             # Uncompressed: zlib on ~300 MB of weights and optimizer state
             # costs more time than the disk space is worth.
-            savefun=functools.partial(chainer.serializers.save_npz,
-                                      compression=False),
+            savefun=functools.partial(chainer.serializers.save_npz, compression=False),
             filename='snapshot_iter_{.updater.iteration}',
             autoload=args.resume is None, n_retains=2),
         [range(comm.size)]),
@@ -277,89 +191,52 @@ def _train(args, recipe, out, comm, gpu):
         trigger=snap_trigger, priority=-100)
 
     # 10. Reporting on rank 0 only.
+    plots = []
     if comm.rank == 0:
-        log_trigger = (recipe.log_interval_iters, 'iteration')
-        trainer.extend(extensions.LogReport(trigger=log_trigger))
-        trainer.extend(extensions.observe_lr(), trigger=log_trigger)
-        if warmup is not None:
-            trainer.extend(extensions.observe_value(
-                'alpha_sgd', lambda t: t.updater.get_optimizer('main').alpha_sgd),
-                trigger=log_trigger)
-        keys = ['epoch', 'iteration', 'main/loss', 'main/accuracy',
-                'validation/main/loss', 'validation/main/accuracy',
-                'validation/main/top5', 'lr', 'alpha_sgd',
-                'perf/images_per_sec', 'elapsed_time']
-        trainer.extend(cr_ext.ResumablePrintReport(
-            [k for k in keys if warmup is not None or k != 'alpha_sgd']),
-            trigger=log_trigger)
-        for name, plot_keys in (
-                ('loss.png', ['main/loss', 'validation/main/loss']),
-                ('accuracy.png', ['main/accuracy', 'validation/main/accuracy',
-                                  'validation/main/top5']),
-                ('lr.png', ['lr'] + (['alpha_sgd'] if warmup else []))):
-            trainer.extend(extensions.PlotReport(
-                plot_keys, x_key='iteration', file_name=name,
-                trigger=log_trigger))
-        if not args.no_progress:
-            trainer.extend(extensions.ProgressBar(update_interval=1))
+        plots = cr_ext.extend_reporting(trainer, recipe.log_interval_iters, sched.names,
+                                        progress_bar=not args.no_progress)
 
     # 11. Resume from an explicit snapshot (autoload covers re-launches).
     if args.resume:
         chainer.serializers.load_npz(args.resume, trainer)
 
-    # 12. Run, then save the model with averaged BN statistics.
+    # 12. Run, then save the model with averaged BN statistics and the status.
     trainer.run()
-    done = updater.iteration >= total_iters
     if bn_sync is not None:
         bn_sync()
     if comm.rank == 0:
-        model_path = os.path.join(out, 'model.npz')
-        chainer.serializers.save_npz(model_path, predictor)
-        status = {'iteration': updater.iteration, 'total_iters': total_iters,
-                  'complete': done, 'log': os.path.join(out, 'log'),
-                  'model': model_path,
-                  'plots': [os.path.join(out, n) for n in
-                            ('loss.png', 'accuracy.png', 'lr.png')]}
-        log = _read_log(out)
-        final = [e for e in log if 'validation/main/accuracy' in e]
-        if final:
-            status['val_top1'] = final[-1]['validation/main/accuracy']
-            status['val_top5'] = final[-1]['validation/main/top5']
-        with open(os.path.join(out, 'status.json'), 'w') as f:
-            json.dump(status, f, indent=2)
-        print0(comm, '\n{} at iteration {}/{}.'.format(
-            'Training complete' if done else 'Stopped (re-launch to continue)',
-            updater.iteration, total_iters))
-        if 'val_top1' in status:
-            print0(comm, 'validation top-1 {:.2%}, top-5 {:.2%}'.format(
-                status['val_top1'], status['val_top5']))
-        print0(comm, 'log:   {}\nplots: {}\nmodel: {}'.format(
-            status['log'], ', '.join(status['plots']), model_path))
+        _finish(trainer, predictor, out, total_iters, plots)
     return trainer
 
 
-def _iterators(train_set, val_set, recipe, sampler, loaderjobs):
-    import chainer
-    b = recipe.batch_per_worker
+def _device(name, comm):
+    """The Chainer device of this rank: 'cpu', 'gpu' (by node-local rank) or a GPU id."""
+    if name == 'cpu':
+        return chainer.get_device('@numpy')
+    gpu_id = communication.select_gpu(comm) if name == 'gpu' else int(name)
+    return chainer.get_device('@cupy:{}'.format(gpu_id))
+
+
+def _dataset_paths(args):
+    """(train, val, root) from the flags; the embedded demo dataset by default."""
+    if args.train is None:
+        data = demo.demo_dataset(cache_dir=args.data_cache)
+        return data.train_list, data.val_list, data.root
+    if args.val is None:
+        raise layouts.DatasetError('--train given without --val')
+    return args.train, args.val, args.root
+
+
+def _iterators(train_set, val_set, batch, sampler, loaderjobs):
     if loaderjobs > 0:
         train = chainer.iterators.MultiprocessIterator(
-            train_set, b, n_processes=loaderjobs, order_sampler=sampler)
+            train_set, batch, n_processes=loaderjobs, order_sampler=sampler)
         val = chainer.iterators.MultiprocessIterator(
-            val_set, b, repeat=False, shuffle=False, n_processes=loaderjobs)
+            val_set, batch, repeat=False, shuffle=False, n_processes=loaderjobs)
     else:
-        train = chainer.iterators.SerialIterator(train_set, b, order_sampler=sampler)
-        val = chainer.iterators.SerialIterator(val_set, b, repeat=False,
-                                               shuffle=False)
+        train = chainer.iterators.SerialIterator(train_set, batch, order_sampler=sampler)
+        val = chainer.iterators.SerialIterator(val_set, batch, repeat=False, shuffle=False)
     return train, val
-
-
-def _points(interval_iters, total_iters):
-    """Iterations k*interval (rounded) up to total, and total itself."""
-    interval = max(interval_iters, 1.0)
-    points = sorted({int(round(k * interval))
-                     for k in range(1, int(total_iters // interval) + 1)}
-                    | {total_iters})
-    return [p for p in points if 0 < p <= total_iters]
 
 
 def _chunk_iters(args, ipe):
@@ -370,12 +247,28 @@ def _chunk_iters(args, ipe):
     return None
 
 
-def _read_log(out):
-    try:
-        with open(os.path.join(out, 'log')) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return []
+def _finish(trainer, predictor, out, total_iters, plots):
+    """Rank 0 at the end of a launch: model.npz, status.json and the closing lines."""
+    iteration = trainer.updater.iteration
+    done = iteration >= total_iters
+    model_path = os.path.join(out, 'model.npz')
+    chainer.serializers.save_npz(model_path, predictor)
+    st = {'iteration': iteration, 'total_iters': total_iters, 'complete': done,
+          'log': os.path.join(out, 'log'), 'model': model_path,
+          'plots': [os.path.join(out, name) for name in plots]}
+    evaluations = [e for e in trainer.get_extension('LogReport').log
+                   if 'validation/main/accuracy' in e]
+    if evaluations:
+        st['val_top1'] = evaluations[-1]['validation/main/accuracy']
+        st['val_top5'] = evaluations[-1]['validation/main/top5']
+    status.write(out, st)
+    print('\n{} at iteration {}/{}.'.format(
+        'Training complete' if done else 'Stopped (re-launch to continue)',
+        iteration, total_iters), flush=True)
+    if evaluations:
+        print('validation top-1 {:.2%}, top-5 {:.2%}'.format(st['val_top1'], st['val_top5']))
+    print('log:   {}\nplots: {}\nmodel: {}'.format(st['log'], ', '.join(st['plots']),
+                                                  model_path), flush=True)
 
 
 if __name__ == '__main__':

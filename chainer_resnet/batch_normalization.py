@@ -1,4 +1,4 @@
-"""Batch normalization without moving averages (``method.md`` §3).
+"""Batch normalization without moving averages (``docs/method.md`` §3).
 
 With about 39 iterations per epoch a moving average of BN statistics is a poor estimate, so
 Akiba et al. (2017) keep, on each worker, only the statistics of its **last training minibatch**

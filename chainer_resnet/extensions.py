@@ -1,13 +1,17 @@
 """Trainer-side pieces that are not schedules.
 
 - :class:`BNStatisticsAllreduce`: average the last-batch BN statistics over
-  all workers right before evaluation and before a snapshot (method.md §3).
+  all workers right before evaluation and before a snapshot (docs/method.md §3).
 - :class:`ExactEvaluator`: top-1/top-5 over the whole validation set, each
   image counted exactly once whatever the world size.
 - :class:`TimedUpdater`: a StandardUpdater that reports images/s with and
   without data-loading time, and the time spent waiting for data.
+- :class:`ChunkStopTrigger`, :class:`PointsTrigger` and :func:`points`: when
+  a launch stops, evaluates and snapshots.
+- :func:`extend_reporting`: rank 0's log, printed table, plots and progress.
 """
 
+import functools
 import time
 
 import numpy
@@ -27,7 +31,7 @@ def _to_host(array):
 
 
 class BNStatisticsAllreduce(extension.Extension):
-    """Average the kept BN statistics of every worker (method.md §3).
+    """Average the kept BN statistics of every worker (docs/method.md §3).
 
     Each worker's :class:`~chainer_resnet.batch_normalization.LastBatchNormalization`
     links hold the statistics of that worker's last training batch. This
@@ -58,8 +62,8 @@ class BNStatisticsAllreduce(extension.Extension):
         links = batch_normalization.bn_links(self.model)
         if not links or self.comm.size == 1:
             return
-        mean = numpy.concatenate([_to_host(l.mean) for l in links]).astype(numpy.float64)
-        var = numpy.concatenate([_to_host(l.var) for l in links]).astype(numpy.float64)
+        mean = numpy.concatenate([_to_host(bn.mean) for bn in links]).astype(numpy.float64)
+        var = numpy.concatenate([_to_host(bn.var) for bn in links]).astype(numpy.float64)
         # 'union': average E[x^2] = var + mean^2 and take E[x^2] - E[x]^2.
         second = var + mean ** 2 if self.mode == 'union' else var
         total = numpy.empty(2 * mean.size)
@@ -197,6 +201,19 @@ class ChunkStopTrigger:
         return self.total_iters, 'iteration'
 
 
+def points(interval_iters, total_iters):
+    """Iterations ``k * interval_iters`` (rounded) up to ``total_iters``, and ``total_iters``.
+
+    ``interval_iters`` may be fractional (an epoch is 39.1 iterations in the
+    paper) and is at least one iteration.
+    """
+    interval = max(interval_iters, 1.0)
+    found = sorted({int(round(k * interval))
+                    for k in range(1, int(total_iters // interval) + 1)}
+                   | {total_iters})
+    return [p for p in found if 0 < p <= total_iters]
+
+
 class PointsTrigger:
     """Fires at the given iterations (and at the end of the current chunk).
 
@@ -232,3 +249,43 @@ class ResumablePrintReport(chainer_extensions.PrintReport):
         if isinstance(log_report, str):
             log_report = trainer.get_extension(log_report)
         self._log_len = len(log_report.log)
+
+
+PLOTS = (('loss.png', ('main/loss', 'validation/main/loss')),
+         ('accuracy.png', ('main/accuracy', 'validation/main/accuracy',
+                           'validation/main/top5')))
+"""Plots every run draws; ``lr.png`` adds the scheduled hyperparameters."""
+
+
+def extend_reporting(trainer, log_interval_iters, scheduled, progress_bar=True):
+    """Rank 0's reporting: log, printed table, plots, progress bar.
+
+    ``scheduled`` names the optimizer hyperparameters the schedules set
+    (:attr:`chainer_resnet.schedules.RecipeSchedules.names`): each is
+    observed into the log, printed, and plotted in ``lr.png``. Returns the
+    plot file names.
+    """
+    log_trigger = (log_interval_iters, 'iteration')
+    trainer.extend(chainer_extensions.LogReport(trigger=log_trigger))
+    for name in scheduled:
+        if name == 'lr':
+            trainer.extend(chainer_extensions.observe_lr(), trigger=log_trigger)
+        else:
+            trainer.extend(chainer_extensions.observe_value(
+                name, functools.partial(_hyperparameter, name=name)),
+                trigger=log_trigger)
+    keys = (['epoch', 'iteration', 'main/loss', 'main/accuracy', 'validation/main/loss',
+             'validation/main/accuracy', 'validation/main/top5'] + list(scheduled)
+            + ['perf/images_per_sec', 'elapsed_time'])
+    trainer.extend(ResumablePrintReport(keys), trigger=log_trigger)
+    plots = PLOTS + (('lr.png', tuple(scheduled)),)
+    for file_name, plot_keys in plots:
+        trainer.extend(chainer_extensions.PlotReport(
+            list(plot_keys), x_key='iteration', file_name=file_name, trigger=log_trigger))
+    if progress_bar:
+        trainer.extend(chainer_extensions.ProgressBar(update_interval=1))
+    return [file_name for file_name, _ in plots]
+
+
+def _hyperparameter(trainer, name):
+    return getattr(trainer.updater.get_optimizer('main'), name)

@@ -9,7 +9,7 @@ the same formula (built lazily: CuPy is not imported here), and a
 schedule can write ``optimizer.lr = ...`` also through ChainerMN's multi-node
 optimizer wrapper (it forwards attribute access to the wrapped optimizer).
 
-Section numbers (§) refer to ``shared/method.md``.
+Section numbers (§) refer to ``docs/method.md``.
 """
 
 import numpy
@@ -321,3 +321,31 @@ class WeightDecayExceptBN(object):
                     cuda.elementwise(
                         'T p, T decay', 'T g', 'g += decay * p',
                         'weight_decay_except_bn')(p, rate, g)
+
+
+def from_recipe(recipe, lr, alpha_sgd=None):
+    """The recipe's optimizer, not yet set up, with initial hyperparameters.
+
+    ``recipe.optimizer == 'rmsprop_warmup'``: :class:`RMSpropWarmup` with the
+    recipe's ``lr_rmsprop``, ``mu1``, ``mu2``, ``eps`` (§1); ``'momentum_sgd'``:
+    :class:`~chainer.optimizers.CorrectedMomentumSGD` with momentum ``mu1``
+    (Goyal et al. 2017). ``lr`` and ``alpha_sgd`` are the values for the first
+    update; the schedules set them from then on
+    (:func:`chainer_resnet.schedules.from_recipe` gives both).
+    """
+    if recipe.optimizer == 'rmsprop_warmup':
+        return RMSpropWarmup(lr=lr, alpha_sgd=alpha_sgd, lr_rmsprop=recipe.lr_rmsprop,
+                             mu1=recipe.mu1, mu2=recipe.mu2, eps=recipe.eps)
+    return chainer.optimizers.CorrectedMomentumSGD(lr=lr, momentum=recipe.mu1)
+
+
+def hooks_from_recipe(recipe):
+    """Optimizer hooks the recipe asks for: :class:`WeightDecayExceptBN` if any.
+
+    Register them after the optimizer is set up (through ChainerMN's wrapper:
+    they then see the averaged gradient).
+    """
+    if recipe.weight_decay > 0:
+        return [WeightDecayExceptBN(rate=recipe.weight_decay,
+                                    include_bn=recipe.weight_decay_bn)]
+    return []

@@ -3,7 +3,7 @@
 A recipe is a frozen dataclass; one named instance per row we reproduce.
 Small variants are derived with :func:`dataclasses.replace` so they cannot
 drift from the recipe they come from. Section numbers (§) refer to
-``shared/method.md``, the project's specification of Akiba et al. (2017).
+``docs/method.md``, the project's specification of Akiba et al. (2017).
 
 ``train_imagenet.py --recipe NAME --set key=value`` selects and overrides
 them; :func:`resolve` does the parsing and :meth:`Recipe.validate` the checks.
@@ -132,12 +132,6 @@ class Recipe:
         """Iterations of the whole run (rounded up): 3,519 for the paper."""
         return math.ceil(self.epochs * self.iters_per_epoch(workers, train_images))
 
-    def peak_lr(self, workers):
-        """The largest eta the schedule reaches."""
-        if self.lr_schedule == 'slow_start':
-            return 0.5 * self.base_lr(workers)
-        return self.base_lr(workers)
-
     # --- checks ---------------------------------------------------------------
     def validate(self):
         """Raise RecipeError naming the first inconsistent field."""
@@ -210,7 +204,8 @@ class Recipe:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def summary(self, workers, train_images=None):
-        """Derived quantities, as rank 0 prints them."""
+        """Derived quantities, as rank 0 prints them (the trainer adds the
+        schedules' peak lr, :meth:`chainer_resnet.schedules.RecipeSchedules.peak`)."""
         n = self.train_images if train_images is None else train_images
         return {
             'recipe': self.name,
@@ -220,7 +215,6 @@ class Recipe:
             'iters_per_epoch': round(self.iters_per_epoch(workers, n), 2),
             'total_iters': self.total_iters(workers, n),
             'base_lr': self.base_lr(workers),
-            'peak_lr': self.peak_lr(workers),
         }
 
 
@@ -350,3 +344,43 @@ def override(recipe, assignments):
 def resolve(name, assignments=()):
     """Recipe `name` with overrides applied, validated."""
     return override(get(name), assignments).validate()
+
+
+def main(argv=None):
+    """``python -m chainer_resnet.recipes``: list recipes, or print one's facts.
+
+    ``facts NAME RANKS`` prints, space-separated on one line, what a job script
+    needs before it launches: the world size the recipe pins (0 for any), the
+    global batch and eta_base at ``RANKS`` workers. ``show NAME`` prints the
+    recipe as JSON; no arguments lists the names. Exit status 2 on a bad name.
+    """
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog='python -m chainer_resnet.recipes',
+                                description=main.__doc__.split('\n\n')[0])
+    sub = p.add_subparsers(dest='command')
+    facts = sub.add_parser('facts', help='expected_workers global_batch base_lr')
+    facts.add_argument('name')
+    facts.add_argument('ranks', type=int)
+    show = sub.add_parser('show', help='the recipe as JSON')
+    show.add_argument('name')
+    args = p.parse_args(argv)
+    try:
+        if args.command == 'facts':
+            if args.ranks < 1:
+                raise RecipeError('RANKS must be >= 1, got {}'.format(args.ranks))
+            r = get(args.name)
+            print(r.expected_workers or 0, r.global_batch(args.ranks),
+                  r.base_lr(args.ranks))
+        elif args.command == 'show':
+            print(get(args.name).to_json())
+        else:
+            print('\n'.join(sorted(RECIPES)))
+    except RecipeError as e:
+        print('error: {}'.format(e), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """ResNet-50 (He et al. 2016) in the two variants Akiba et al. (2017) could have used.
 
-Architecture (``method.md`` §4): conv1 7×7/2 (64) + BN + ReLU, 3×3/2 max-pool, four stages of
+Architecture (``docs/method.md`` §4): conv1 7×7/2 (64) + BN + ReLU, 3×3/2 max-pool, four stages of
 bottleneck blocks (3, 4, 6, 3 blocks; widths 64, 128, 256, 512; expansion 4), global average
 pool, fully connected layer with bias. The first block of every stage has a projection shortcut
 (1×1 conv + BN); all other shortcuts are the identity.
@@ -21,6 +21,8 @@ in without flags.
 import chainer
 import chainer.functions as F
 import chainer.links as L
+
+from chainer_resnet.batch_normalization import LastBatchNormalization
 
 VARIANTS = ('v1', 'v1.5')
 RESNET50_BLOCK_COUNTS = (3, 4, 6, 3)
@@ -206,3 +208,16 @@ class ResNet50(ResNet):
                  initialW=None):
         super().__init__(RESNET50_BLOCK_COUNTS, n_class, variant=variant,
                          zero_init_residual=zero_init_residual, bn=bn, initialW=initialW)
+
+
+def from_recipe(recipe):
+    """The recipe's ResNet-50: variant, zero-γ and classes from the recipe, and its BN link.
+
+    ``recipe.batch_norm == 'last_batch'``: the paper's BN without moving averages
+    (:class:`~chainer_resnet.batch_normalization.LastBatchNormalization`, ``docs/method.md`` §3);
+    ``'moving_average'``: Chainer's ``L.BatchNormalization`` (:func:`default_bn`). Weights are
+    drawn from NumPy's global generator: seed it first for a reproducible initialisation.
+    """
+    bn = LastBatchNormalization if recipe.batch_norm == 'last_batch' else default_bn
+    return ResNet50(n_class=recipe.num_classes, variant=recipe.resnet_variant,
+                    zero_init_residual=recipe.zero_init_residual, bn=bn)

@@ -10,9 +10,13 @@ array of the same shape).
 hyperparameter before every update, at initialisation too, so a resumed run
 is right by construction.
 
-Section numbers (§) refer to ``shared/method.md``.
+The recipe's named schedules come from :func:`from_recipe`, which also tells
+the reporting which hyperparameters to log and plot.
+
+Section numbers (§) refer to ``docs/method.md``.
 """
 
+import functools
 import math
 
 import numpy
@@ -189,3 +193,85 @@ class HyperparameterSchedule(extension.Extension):
         updater = trainer.updater
         optimizer = updater.get_optimizer(self.optimizer_name)
         setattr(optimizer, self.attr, self.value_at(updater.iteration))
+
+
+class RecipeSchedules:
+    """The hyperparameter schedules a recipe prescribes at one world size.
+
+    ``named`` maps an optimizer hyperparameter (``'lr'``, and ``'alpha_sgd'``
+    for the RMSprop warm-up) to a pure function of progress in epochs. The
+    same names drive the trainer's schedule extensions, what rank 0 logs and
+    what it plots, so a schedule added here is reported without more code.
+
+    Args:
+        named (dict): hyperparameter name -> ``fn(epoch)``, in report order.
+        iters_per_epoch (float): iterations (global batches) per epoch.
+        total_iters (int): iterations of the whole run.
+        whole_epochs (bool): pass completed epochs to the functions.
+    """
+
+    def __init__(self, named, iters_per_epoch, total_iters, whole_epochs=False):
+        self.named = dict(named)
+        self.iters_per_epoch = iters_per_epoch
+        self.total_iters = total_iters
+        self.whole_epochs = whole_epochs
+
+    @property
+    def names(self):
+        """The scheduled hyperparameters, in report order."""
+        return tuple(self.named)
+
+    def value_at(self, name, iteration):
+        """Value of ``name`` for the update from ``iteration`` to ``iteration + 1``."""
+        return self.named[name](progress_epochs(iteration, self.iters_per_epoch,
+                                                self.whole_epochs))
+
+    def initial_values(self):
+        """``{name: value}`` for the first update of the run."""
+        return {name: self.value_at(name, 0) for name in self.named}
+
+    def peak(self, name):
+        """The largest value ``name`` takes over the iterations of the run."""
+        iterations = numpy.arange(self.total_iters)
+        progress = iterations / self.iters_per_epoch
+        if self.whole_epochs:
+            progress = numpy.floor(progress)
+        return float(numpy.max(self.named[name](progress)))
+
+    def extensions(self):
+        """``[(extension name, HyperparameterSchedule)]`` to register on a trainer."""
+        return [('{}_schedule'.format(name),
+                 HyperparameterSchedule(name, fn, self.iters_per_epoch,
+                                        whole_epochs=self.whole_epochs))
+                for name, fn in self.named.items()]
+
+
+def from_recipe(recipe, workers, train_images=None):
+    """The schedules of ``recipe`` for ``workers`` workers (§1, §2).
+
+    ``lr``: :func:`slow_start_lr` or :func:`goyal_lr` with eta_base from the
+    linear scaling rule (:meth:`~chainer_resnet.recipes.Recipe.base_lr`);
+    ``alpha_sgd`` (RMSprop warm-up only): :func:`alpha_sgd` with the recipe's
+    centre, period and ``k``. ``train_images``: the size of the training set
+    actually used (default: the recipe's).
+
+    Returns:
+        RecipeSchedules
+    """
+    base_lr = recipe.base_lr(workers)
+    if recipe.lr_schedule == 'slow_start':
+        lr = functools.partial(slow_start_lr, base_lr=base_lr,
+                               total_epochs=recipe.epochs)
+    else:
+        lr = functools.partial(
+            goyal_lr, base_lr=base_lr, warmup_epochs=recipe.goyal_warmup_epochs,
+            milestones=recipe.goyal_milestones_epochs, start_lr=recipe.goyal_start_lr)
+    named = {'lr': lr}
+    if recipe.optimizer == 'rmsprop_warmup':
+        named['alpha_sgd'] = functools.partial(
+            alpha_sgd, center=recipe.warmup_center_epochs,
+            period=recipe.warmup_period_epochs, k=recipe.warmup_k)
+    return RecipeSchedules(
+        named, recipe.iters_per_epoch(workers, train_images),
+        recipe.total_iters(workers, train_images),
+        whole_epochs=recipe.whole_epoch_progress)

@@ -1,6 +1,6 @@
 """Tests of chainer_resnet.optimizers: RMSpropWarmup and WeightDecayExceptBN.
 
-The oracle is method.md §1 written out again below in plain NumPy (float64,
+The oracle is docs/method.md §1 written out again below in plain NumPy (float64,
 no in-place updates); the limiting cases must match Chainer's own
 CorrectedMomentumSGD and RMSprop step for step.
 """
@@ -23,7 +23,7 @@ SHAPE = (3, 4)
 
 def oracle_step(theta, m, delta, g, lr, alpha_sgd, lr_rmsprop=3e-4, mu1=0.9,
                 mu2=0.99, eps=1e-8):
-    """One step of Akiba et al. (2017), method.md §1, in float64."""
+    """One step of Akiba et al. (2017), docs/method.md §1, in float64."""
     theta, m, delta, g = (np.asarray(a, np.float64) for a in (theta, m, delta, g))
     m = mu2 * m + (1 - mu2) * g ** 2
     alpha_rmsprop = (1 - alpha_sgd) * lr_rmsprop / lr
@@ -204,7 +204,7 @@ def test_each_hyperparameter_changes_the_update(name):
 
 
 def test_alpha_rmsprop_reference_value():
-    # method.md §1: eta = 6.4, alpha_sgd(0) = 0.00916 (k = 1):
+    # docs/method.md §1: eta = 6.4, alpha_sgd(0) = 0.00916 (k = 1):
     # (1 - 0.00916) * 3e-4 / 6.4 = 0.99084 * 4.6875e-5 = 4.6445625e-5
     assert optimizers.alpha_rmsprop(0.00916, 6.4, 3e-4) == pytest.approx(
         4.6445625e-5, rel=1e-12)
@@ -612,3 +612,21 @@ def test_convergence_smoke_with_warmup_schedule():
     accuracy = float(F.accuracy(logits, y).array)
     assert accuracy > 0.97
     assert loss < 0.15
+
+
+def test_from_recipe_builds_the_recipes_optimizer_and_hooks():
+    from chainer_resnet import recipes
+    paper = recipes.AKIBA2017
+    opt = optimizers.from_recipe(paper, lr=6.4, alpha_sgd=0.25)
+    assert isinstance(opt, RMSpropWarmup)
+    assert (opt.lr, opt.alpha_sgd, opt.lr_rmsprop, opt.mu1, opt.mu2, opt.eps) == (
+        6.4, 0.25, paper.lr_rmsprop, paper.mu1, paper.mu2, paper.eps)
+    sgd = optimizers.from_recipe(recipes.GOYAL2017, lr=0.1)
+    assert type(sgd) is chainer.optimizers.CorrectedMomentumSGD
+    assert (sgd.lr, sgd.momentum) == (0.1, recipes.GOYAL2017.mu1)
+    (hook,) = optimizers.hooks_from_recipe(paper)
+    assert isinstance(hook, WeightDecayExceptBN)
+    assert (hook.rate, hook.include_bn) == (1e-4, False)
+    with_bn = recipes.resolve('akiba2017', ['weight_decay_bn=true'])
+    assert optimizers.hooks_from_recipe(with_bn)[0].include_bn is True
+    assert optimizers.hooks_from_recipe(recipes.resolve('akiba2017', ['weight_decay=0'])) == []

@@ -209,3 +209,19 @@ def test_stage_names_follow_block_order(model):
         stage = getattr(model, stage_name)
         for i, block in enumerate(stage):
             assert names[id(block)] == '/{}/{}'.format(stage_name, i)
+
+
+def test_from_recipe_takes_bn_variant_and_classes_from_the_recipe():
+    from chainer_resnet import recipes, resnet
+    from chainer_resnet.batch_normalization import LastBatchNormalization
+    paper = resnet.from_recipe(recipes.resolve('demo', ['resnet_variant=v1']))
+    assert paper.fc.b.shape == (10,) and paper.variant == 'v1'
+    kinds = {type(link) for _, link in paper.namedlinks()}
+    assert LastBatchNormalization in kinds and L.BatchNormalization not in kinds
+    goyal = resnet.from_recipe(recipes.resolve('demo', ['batch_norm=moving_average',
+                                                        'zero_init_residual=false']))
+    kinds = {type(link) for _, link in goyal.namedlinks()}
+    assert L.BatchNormalization in kinds and LastBatchNormalization not in kinds
+    gammas = [link.gamma.array for _, link in goyal.namedlinks()
+              if isinstance(link, L.BatchNormalization)]
+    assert all((g == 1).all() for g in gammas)      # zero-gamma off

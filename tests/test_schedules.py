@@ -1,6 +1,6 @@
 """Tests of chainer_resnet.schedules.
 
-Expected values are literals computed by hand (method.md §1, §2) at every
+Expected values are literals computed by hand (docs/method.md §1, §2) at every
 boundary and one iteration either side of it, mostly at 39 iterations per
 epoch (the paper's ~39.1).
 """
@@ -29,7 +29,7 @@ IMAGENET_IPE = 1281167 / 32768  # 39.0981...
 
 # (iteration at 39 it/epoch, alpha with k = 1, alpha with k = 2)
 ALPHA_TABLE = [
-    (0, 0.00915781944, 0.00915781944),  # 0.5 e^-4, method.md reference
+    (0, 0.00915781944, 0.00915781944),  # 0.5 e^-4, docs/method.md reference
     (1, 0.00925222912, 0.00925222912),  # 0.5 e^(-4 + 2/195)
     (194, 0.0669771615, 0.0669771615),
     (195, 0.0676676416, 0.0676676416),  # e = 5: 0.5 e^-2, reference
@@ -302,3 +302,47 @@ def test_schedule_through_multi_node_optimizer():
         'lr', functools.partial(slow_start_lr, base_lr=12.8), 39)(
         types.SimpleNamespace(updater=updater))
     assert opt.lr == pytest.approx(0.96)
+
+
+# --------------------------------------------------------------------------
+# from_recipe: the recipe's named schedules (moved here with Recipe.peak_lr)
+
+def test_from_recipe_paper_peak_and_names():
+    from chainer_resnet import recipes, schedules
+    s = schedules.from_recipe(recipes.AKIBA2017, 1024)
+    assert s.names == ('lr', 'alpha_sgd')
+    assert s.peak('lr') == pytest.approx(6.4)             # 0.5 * 12.8
+    assert s.total_iters == 3519
+    assert s.iters_per_epoch == pytest.approx(IMAGENET_IPE)
+    first = s.initial_values()
+    assert first['lr'] == pytest.approx(6.4)
+    assert first['alpha_sgd'] == pytest.approx(0.00915781944)
+    # The values are the pure functions' at the same progress.
+    assert s.value_at('lr', 1564) == pytest.approx(0.96)           # e = 40.002
+    assert s.value_at('lr', 1563) == pytest.approx(6.4)            # e = 39.977
+    assert s.value_at('alpha_sgd', 429) == pytest.approx(alpha_sgd(429 / IMAGENET_IPE))
+
+
+def test_from_recipe_goyal_and_scaled_paper_peaks():
+    from chainer_resnet import recipes, schedules
+    goyal = schedules.from_recipe(recipes.GOYAL2017, 256)
+    assert goyal.names == ('lr',)                          # momentum SGD: no warm-up
+    assert goyal.peak('lr') == pytest.approx(3.2)          # 0.1 * 8192 / 256
+    assert goyal.initial_values() == {'lr': pytest.approx(0.1)}
+    relaxed = recipes.resolve('akiba2017', ['world_size_check=false'])
+    assert schedules.from_recipe(relaxed, 8).peak('lr') == pytest.approx(0.5 * 0.1 * 256 / 256)
+
+
+def test_from_recipe_extensions_set_what_the_functions_say():
+    from chainer_resnet import recipes, schedules
+    s = schedules.from_recipe(recipes.SMOKE, 1)
+    names = [name for name, _ in s.extensions()]
+    assert names == ['lr_schedule', 'alpha_sgd_schedule']
+    opt = RMSpropWarmup(lr=1.0, alpha_sgd=0.5)
+    updater = types.SimpleNamespace(iteration=3, get_optimizer=lambda name: opt)
+    for _, ext in s.extensions():
+        ext(types.SimpleNamespace(updater=updater))
+    assert opt.lr == pytest.approx(s.value_at('lr', 3))
+    assert opt.alpha_sgd == pytest.approx(s.value_at('alpha_sgd', 3))
+    whole = schedules.from_recipe(recipes.resolve('smoke', ['whole_epoch_progress=true']), 1)
+    assert whole.value_at('alpha_sgd', 7) == pytest.approx(whole.value_at('alpha_sgd', 0))
