@@ -1,19 +1,34 @@
 # shellcheck shell=bash
-# jobs/common.sh: what every job script shares. Sourced by the scripts in
-# jobs/pbs, jobs/slurm and jobs/local; never run on its own.
+# jobs/common.sh: the launch path every job script shares. Sourced by the
+# scripts in jobs/pbs, jobs/slurm and jobs/local; never run on its own. What
+# happens between launches (status.json, the next wall-time chunk) is in
+# jobs/chunks.sh.
 #
 # A job script sets its directives and its NOTE: site block, checks that it
-# runs inside its scheduler, sources this file and then reads as:
+# runs inside its scheduler, sources this file and jobs/chunks.sh and then
+# reads as:
 #
-#   job_setup pbs|slurm|local [NP]  nodes and ranks from the allocation,
-#                                   modules + virtualenv, TRAIN_ARGV
-#   mpirun_launcher                 LAUNCH=(mpirun ...) for the MPI found
-#                                   (the srun script sets LAUNCH itself)
-#   chunk_begin                     nothing to do if $OUT is already complete
-#   preflight                       the doctor on every rank; always checks
-#                                   that nodes x GPUS_PER_NODE ranks started
+#   job_setup pbs|slurm|local mpirun|srun [RANKS]
+#                    parameters, modules + virtualenv, ranks from the
+#                    allocation (local: RANKS), the trainer's arguments and
+#                    the launcher (mpirun of the MPI found, or srun --mpi=pmix)
+#   chunk_begin      (chunks.sh) nothing to do if $OUT is already complete
+#   preflight        the doctor on every rank; always checks that
+#                    nodes x GPUS_PER_NODE ranks started
 #   launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py "${TRAIN_ARGV[@]}"
-#   chunk_end <resubmit function>   complete? otherwise submit the next chunk
+#   chunk_end SUBMIT_NEXT   (chunks.sh) complete? otherwise submit the next
+#                           chunk (pbs_resubmit, slurm_resubmit, local_resubmit)
+#
+# The workstation script counts its GPUs first: GPUS=${GPUS:-$(visible_gpus)}.
+#
+# State that job_setup leaves for the rest of the job; the functions take
+# everything else as arguments:
+#   NP           ranks of this job: nodes x GPUS_PER_NODE
+#   PYTHON       the interpreter, as a path, after the virtualenv is on PATH
+#   LAUNCH       the launcher prefix (array), e.g. (mpirun -np 1024 ...)
+#   TRAIN_ARGV   the trainer's arguments (array)
+# and the parameters below with their defaults filled in, under their own
+# names: the next chunk gets them by name (FORWARD_TO_NEXT_JOB, chunks.sh).
 #
 # Parameters (environment variables; the scripts' defaults are the cluster's):
 #   RECIPE         recipe name (default akiba2017); the only training choice
@@ -34,24 +49,13 @@
 #   SKIP_DOCTOR    1: skip the full doctor (rank counts are still checked)
 #   CHUNK_EPOCHS   epochs per job (wall-time chunk); empty: the whole run
 #   RESUBMIT       1 (default): an unfinished chunk submits the next one
+#   CHUNK          the number of this chunk (default 1; set by the previous one)
 #   TRAIN_ARGS     extra operational trainer flags, split on spaces
 #                  (e.g. "--loaderjobs 4"); hyperparameters belong in recipes
 #   DRY_RUN        1: print the commands instead of running them
 #   REPO, JOB_SCRIPT
 #                  the repository (default: the submission folder) and the
 #                  script that is resubmitted
-
-# Variables the next chunk of a job gets (PBS: qsub -v; Slurm: the exported
-# environment). The NOTE: site block sets the rest again.
-FORWARD_TO_NEXT_JOB=(RECIPE DEVICE GPUS_PER_NODE OUT TRAIN_LIST VAL_LIST DATA_ROOT
-                     MODULES VENV PYTHON MPIRUN MPIRUN_FLAGS SRUN_FLAGS LAUNCHER
-                     SKIP_DOCTOR CHUNK_EPOCHS RESUBMIT TRAIN_ARGS REPO JOB_SCRIPT
-                     CHUNK NCCL_IB_HCA NCCL_SOCKET_IFNAME NCCL_DEBUG
-                     NCCL_DEBUG_SUBSYS)
-# Variables every rank must see; Open MPI forwards only what -x names
-# (hydra: -genvall, srun: --export=ALL forward everything). Not
-# CUDA_VISIBLE_DEVICES: it belongs to each node.
-FORWARD_TO_RANKS='^(PATH|LD_LIBRARY_PATH|PYTHONPATH|VIRTUAL_ENV|HOME|CUDA_HOME|CUDA_PATH|NCCL_[A-Z0-9_]+|UCX_[A-Z0-9_]+|CHAINER_[A-Z0-9_]+|CUPY_[A-Z0-9_]+|OMP_NUM_THREADS|MPLBACKEND)$'
 
 log() { printf 'job: %s\n' "$*"; }
 die() { printf 'job: error: %s\n' "$*" >&2; exit 2; }
@@ -67,8 +71,11 @@ launch() {
     "$@"
 }
 
+# job_setup SCHEDULER LAUNCHER [RANKS]: everything before the first launch.
+# SCHEDULER: pbs, slurm or local (RANKS ranks on this machine); LAUNCHER:
+# mpirun or srun. Sets NP, PYTHON, TRAIN_ARGV and LAUNCH.
 job_setup() {
-    SCHEDULER=$1
+    local scheduler=$1 launcher=$2
     : "${RECIPE:=akiba2017}" "${DEVICE:=gpu}" "${GPUS_PER_NODE:=8}"
     : "${SKIP_DOCTOR:=0}" "${RESUBMIT:=1}" "${CHUNK:=1}" "${MPIRUN:=mpirun}"
     [[ "$DEVICE" == gpu || "$DEVICE" == cpu ]] || die "DEVICE=$DEVICE: use gpu or cpu"
@@ -78,39 +85,93 @@ job_setup() {
     cd "$REPO" || die "cannot cd to REPO=$REPO"
 
     load_environment
+    PYTHON=$(command -v "${PYTHON:-python3}") || die "PYTHON=${PYTHON:-python3} not found on PATH"
 
-    local slots
-    case "$SCHEDULER" in
+    local job_id nodes slots
+    case "$scheduler" in
         pbs)
-            JOB_ID=$PBS_JOBID
-            NODES=$(sort -u "$PBS_NODEFILE" | grep -c .) || die "PBS_NODEFILE=$PBS_NODEFILE lists no host"
+            job_id=$PBS_JOBID
+            nodes=$(sort -u "$PBS_NODEFILE" | grep -c .) || die "PBS_NODEFILE=$PBS_NODEFILE lists no host"
             slots=$(grep -c . "$PBS_NODEFILE")
-            NP=$((NODES * GPUS_PER_NODE))
+            NP=$((nodes * GPUS_PER_NODE))
             # PBS_NODEFILE has one line per MPI slot (mpiprocs / ppn).
-            ((slots >= NP)) || die "PBS_NODEFILE lists $slots MPI slot(s) on $NODES node(s) but $NP ranks ($GPUS_PER_NODE per node) are needed: request mpiprocs=$GPUS_PER_NODE (PBS Pro select) or ppn>=$GPUS_PER_NODE (Torque)"
+            ((slots >= NP)) || die "PBS_NODEFILE lists $slots MPI slot(s) on $nodes node(s) but $NP ranks ($GPUS_PER_NODE per node) are needed: request mpiprocs=$GPUS_PER_NODE (PBS Pro select) or ppn>=$GPUS_PER_NODE (Torque)"
             ;;
         slurm)
-            JOB_ID=$SLURM_JOB_ID
-            NODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-}}
-            [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "SLURM_JOB_NUM_NODES is not set: is this an sbatch job?"
-            NP=$((NODES * GPUS_PER_NODE))
+            job_id=$SLURM_JOB_ID
+            nodes=$(slurm_nodes)
+            [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "SLURM_JOB_NUM_NODES is not set: is this an sbatch job?"
+            NP=$((nodes * GPUS_PER_NODE))
             slots=${SLURM_NTASKS:-$NP}
-            ((slots == NP)) || die "the allocation has $slots task(s) on $NODES node(s) but $NP ranks ($GPUS_PER_NODE per node) are needed: submit with --ntasks-per-node=$GPUS_PER_NODE (or set GPUS_PER_NODE)"
+            ((slots == NP)) || die "the allocation has $slots task(s) on $nodes node(s) but $NP ranks ($GPUS_PER_NODE per node) are needed: submit with --ntasks-per-node=$GPUS_PER_NODE (or set GPUS_PER_NODE)"
             ;;
         local)
-            JOB_ID="on ${HOSTNAME:-localhost}"
-            NODES=1
-            GPUS_PER_NODE=$2
-            [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || die "number of ranks '$2' is not a positive integer"
+            job_id="on ${HOSTNAME:-localhost}"
+            nodes=1
+            GPUS_PER_NODE=$3
+            [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || die "number of ranks '$3' is not a positive integer"
             NP=$GPUS_PER_NODE
             ;;
-        *) die "job_setup: unknown scheduler $SCHEDULER" ;;
+        *) die "job_setup: unknown scheduler $scheduler" ;;
     esac
     : "${OUT:=$REPO/results/$RECIPE-${NP}ranks}"
     : "${JOB_SCRIPT:=$0}"
-    log "$SCHEDULER job $JOB_ID, chunk $CHUNK: $NODES node(s) x $GPUS_PER_NODE = $NP ranks, recipe $RECIPE, device $DEVICE"
+    log "$scheduler job $job_id, chunk $CHUNK: $nodes node(s) x $GPUS_PER_NODE = $NP ranks, recipe $RECIPE, device $DEVICE"
     log "out $OUT; python $PYTHON"
 
+    train_argv "$nodes"
+    if [[ -n "${LAUNCHER:-}" ]]; then
+        read -r -a LAUNCH <<<"$LAUNCHER"
+        log "launcher (LAUNCHER): ${LAUNCH[*]}"
+    else
+        case "$launcher" in
+            mpirun) mpirun_launcher "$scheduler" ;;
+            srun) srun_launcher ;;
+            *) die "job_setup: unknown launcher $launcher" ;;
+        esac
+    fi
+}
+
+# This Slurm job's node count.
+slurm_nodes() {
+    printf '%s\n' "${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-}}"
+}
+
+load_environment() {
+    if [[ -n "${MODULES:-}" ]]; then
+        type module >/dev/null 2>&1 \
+            || die "MODULES='$MODULES' but there is no 'module' command: source your site's modules init in the NOTE: site block, or set MODULES= (empty)"
+        local mods=()
+        read -r -a mods <<<"$MODULES"
+        # Module files are not written for `set -u`.
+        set +u
+        module load ${mods[@]+"${mods[@]}"} || die "module load ${mods[*]} failed"
+        set -u
+    fi
+    if [[ -n "${VENV:-}" ]]; then
+        [[ -x "$VENV/bin/python" ]] \
+            || die "VENV=$VENV is not a virtualenv: create it (python3 -m venv $VENV && $VENV/bin/pip install -e '${REPO}[gpu]') or set VENV= (empty) to use the python on PATH"
+        # What bin/activate does, without its prompt handling.
+        export VIRTUAL_ENV=$VENV
+        export PATH="$VENV/bin:$PATH"
+    fi
+    # NCCL reads an empty variable as a value: the ones left empty stay
+    # unexported (and are passed on empty to the next chunk).
+    local v
+    for v in NCCL_IB_HCA NCCL_SOCKET_IFNAME NCCL_DEBUG NCCL_DEBUG_SUBSYS; do
+        if [[ -n "${!v:-}" ]]; then
+            export "${v?}"
+        elif [[ -v "$v" ]]; then
+            export -n "${v?}"
+        fi
+    done
+    # Loader processes and BLAS threads: one thread each unless the site says so.
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+}
+
+# train_argv NODES: TRAIN_ARGV for $NP ranks on NODES node(s).
+train_argv() {
+    local nodes=$1
     TRAIN_ARGV=(--recipe "$RECIPE")
     if [[ -n "${TRAIN_LIST:-}" ]]; then
         [[ -n "${VAL_LIST:-}" ]] || die "TRAIN_LIST is set but VAL_LIST is not (NOTE: site block)"
@@ -132,14 +193,11 @@ job_setup() {
     # another size the guard is lifted explicitly; preflight's rank count
     # then takes over that job.
     local facts expected batch lr
-    facts=$("$PYTHON" -c 'import sys
-from chainer_resnet import recipes
-r = recipes.get(sys.argv[1]); n = int(sys.argv[2])
-print(r.expected_workers or 0, r.global_batch(n), r.base_lr(n))' "$RECIPE" "$NP") \
+    facts=$("$PYTHON" -m chainer_resnet.recipes facts "$RECIPE" "$NP") \
         || die "cannot read recipe $RECIPE with $PYTHON (is chainer_resnet installed in VENV=${VENV:-}?)"
     read -r expected batch lr <<<"$facts"
     if ((expected != 0 && expected != NP)); then
-        log "scaling: recipe $RECIPE is written for $expected workers; this job runs $NP ranks ($NODES node(s) x $GPUS_PER_NODE). Passing --set world_size_check=false; the learning rate follows the linear scaling rule (global batch $batch, base lr $lr). This is not the paper's configuration."
+        log "scaling: recipe $RECIPE is written for $expected workers; this job runs $NP ranks ($nodes node(s) x $GPUS_PER_NODE). Passing --set world_size_check=false; the learning rate follows the linear scaling rule (global batch $batch, base lr $lr). This is not the paper's configuration."
         TRAIN_ARGV+=(--set world_size_check=false)
     fi
     if [[ -n "${CHUNK_EPOCHS:-}" ]]; then
@@ -148,51 +206,19 @@ print(r.expected_workers or 0, r.global_batch(n), r.base_lr(n))' "$RECIPE" "$NP"
     TRAIN_ARGV+=(--no-progress)
     local extra=()
     read -r -a extra <<<"${TRAIN_ARGS:-}"
-    TRAIN_ARGV+=("${extra[@]}")
+    TRAIN_ARGV+=(${extra[@]+"${extra[@]}"})
 }
 
-load_environment() {
-    if [[ -n "${MODULES:-}" ]]; then
-        type module >/dev/null 2>&1 \
-            || die "MODULES='$MODULES' but there is no 'module' command: source your site's modules init in the NOTE: site block, or set MODULES= (empty)"
-        local mods=()
-        read -r -a mods <<<"$MODULES"
-        # Module files are not written for `set -u`.
-        set +u
-        module load "${mods[@]}" || die "module load ${mods[*]} failed"
-        set -u
-    fi
-    if [[ -n "${VENV:-}" ]]; then
-        [[ -x "$VENV/bin/python" ]] \
-            || die "VENV=$VENV is not a virtualenv: create it (python3 -m venv $VENV && $VENV/bin/pip install -e '${REPO}[gpu]') or set VENV= (empty) to use the python on PATH"
-        # What bin/activate does, without its prompt handling.
-        export VIRTUAL_ENV=$VENV
-        export PATH="$VENV/bin:$PATH"
-    fi
-    PYTHON=$(command -v "${PYTHON:-python3}") || die "PYTHON=${PYTHON:-python3} not found on PATH"
-    # NCCL reads an empty variable as a value: the ones left empty stay
-    # unexported (and are passed on empty to the next chunk).
-    local v
-    for v in NCCL_IB_HCA NCCL_SOCKET_IFNAME NCCL_DEBUG NCCL_DEBUG_SUBSYS; do
-        if [[ -n "${!v:-}" ]]; then
-            export "${v?}"
-        elif [[ -v "$v" ]]; then
-            export -n "${v?}"
-        fi
-    done
-    # Loader processes and BLAS threads: one thread each unless the site says so.
-    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-}
-
-# LAUNCH=(mpirun ...) for the MPI that $MPIRUN belongs to.
+# mpirun_launcher SCHEDULER: LAUNCH=(mpirun ...) for the MPI that $MPIRUN
+# belongs to, $NP ranks, GPUS_PER_NODE per node.
 mpirun_launcher() {
+    local scheduler=$1
+    # Variables every rank must see; Open MPI forwards only what -x names
+    # (hydra: -genvall, srun: --export=ALL forward everything). Not
+    # CUDA_VISIBLE_DEVICES: it belongs to each node.
+    local to_ranks='^(PATH|LD_LIBRARY_PATH|PYTHONPATH|VIRTUAL_ENV|HOME|CUDA_HOME|CUDA_PATH|NCCL_[A-Z0-9_]+|UCX_[A-Z0-9_]+|CHAINER_[A-Z0-9_]+|CUPY_[A-Z0-9_]+|OMP_NUM_THREADS|MPLBACKEND)$'
     local site=()
     read -r -a site <<<"${MPIRUN_FLAGS:-}"
-    if [[ -n "${LAUNCHER:-}" ]]; then
-        read -r -a LAUNCH <<<"$LAUNCHER"
-        log "launcher (LAUNCHER): ${LAUNCH[*]}"
-        return 0
-    fi
     local mpirun version flavour
     mpirun=$(command -v "$MPIRUN") || die "MPIRUN=$MPIRUN not found on PATH: load the MPI module (MODULES) or set MPIRUN"
     version=$("$mpirun" --version 2>&1 </dev/null || true)
@@ -205,7 +231,7 @@ mpirun_launcher() {
         openmpi)
             LAUNCH=("$mpirun" -np "$NP" --map-by "ppr:$GPUS_PER_NODE:node" --bind-to none
                     --mca mpi_warn_on_fork 0)
-            if [[ "$SCHEDULER" == pbs ]]; then
+            if [[ "$scheduler" == pbs ]]; then
                 # Open MPI without PBS (tm) support would otherwise start
                 # every rank on this node.
                 LAUNCH+=(--hostfile "$PBS_NODEFILE")
@@ -213,44 +239,43 @@ mpirun_launcher() {
             local name
             while IFS= read -r name; do
                 LAUNCH+=(-x "$name")
-            done < <(compgen -e | grep -E "$FORWARD_TO_RANKS" || true)
+            done < <(compgen -e | grep -E "$to_ranks" || true)
             ;;
         hydra)
             LAUNCH=("$mpirun" -n "$NP" -ppn "$GPUS_PER_NODE" -genvall)
-            if [[ "$SCHEDULER" == pbs ]]; then
+            if [[ "$scheduler" == pbs ]]; then
                 LAUNCH+=(-f "$PBS_NODEFILE")
             fi
             ;;
     esac
-    LAUNCH+=("${site[@]}")
+    LAUNCH+=(${site[@]+"${site[@]}"})
     log "launcher: $flavour ($mpirun)"
 }
 
-# Read $OUT/status.json (written by rank 0 at the end of every launch).
-read_status() {
-    STATUS_COMPLETE=0 STATUS_ITER=0 STATUS_TOTAL=0
-    [[ -f "$OUT/status.json" ]] || return 0
-    local s
-    s=$("$PYTHON" -c 'import json, sys
-d = json.load(open(sys.argv[1]))
-print(int(bool(d.get("complete"))), int(d.get("iteration", 0)), int(d.get("total_iters", 0)))' \
-        "$OUT/status.json") || die "cannot read $OUT/status.json"
-    read -r STATUS_COMPLETE STATUS_ITER STATUS_TOTAL <<<"$s"
+# LAUNCH=(srun --mpi=pmix ...) for $NP ranks, GPUS_PER_NODE per node. srun
+# forwards the whole environment (--export=ALL) to every rank; no CPU binding
+# (the loader processes need the cores); one failing rank ends all. Slurm >=
+# 22.05 no longer passes sbatch's --cpus-per-task on to srun.
+srun_launcher() {
+    local site=()
+    read -r -a site <<<"${SRUN_FLAGS:-}"
+    LAUNCH=(srun --mpi=pmix --ntasks="$NP" --ntasks-per-node="$GPUS_PER_NODE"
+            ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"}
+            --export=ALL --cpu-bind=none --kill-on-bad-exit=1 ${site[@]+"${site[@]}"})
 }
 
-chunk_begin() {
-    read_status
-    if ((STATUS_COMPLETE)); then
-        log "already complete ($STATUS_ITER/$STATUS_TOTAL iterations) in $OUT: nothing to do"
-        exit 0
+# The GPUs this machine gives a workstation job: those in CUDA_VISIBLE_DEVICES
+# if set, else all that nvidia-smi lists. Callers: GPUS=$(visible_gpus).
+visible_gpus() {
+    local visible=() count
+    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        IFS=, read -r -a visible <<<"$CUDA_VISIBLE_DEVICES"
+        count=${#visible[@]}
+    else
+        count=$(nvidia-smi -L 2>/dev/null | grep -c ^GPU || true)
     fi
-    START_ITER=$STATUS_ITER
-    if ((START_ITER > 0)); then
-        log "continuing from iteration $START_ITER/$STATUS_TOTAL (newest snapshot in $OUT)"
-    fi
-    if [[ -n "${CHUNK_EPOCHS:-}" ]]; then
-        log "wall-time chunk: $CHUNK_EPOCHS epoch(s) in this job"
-    fi
+    [[ "$count" -gt 0 ]] || die "no GPU found (nvidia-smi -L): set GPUS=N, or use jobs/local/smoke_cpu.sh on a machine without GPUs"
+    printf '%s\n' "$count"
 }
 
 # The doctor on every rank, with the launcher of the training. SKIP_DOCTOR=1
@@ -265,109 +290,4 @@ preflight() {
     fi
     launch "${LAUNCH[@]}" "$PYTHON" "${args[@]}" \
         || die "preflight failed (see the FAIL: lines above); nothing was trained. SKIP_DOCTOR=1 skips the full doctor, never the rank count."
-}
-
-chunk_end() {
-    local resubmit=$1
-    if [[ "${DRY_RUN:-0}" == 1 ]]; then
-        log "dry run: would read $OUT/status.json and, if incomplete, $resubmit"
-        return 0
-    fi
-    read_status
-    [[ -f "$OUT/status.json" ]] || die "the trainer wrote no $OUT/status.json"
-    if ((STATUS_COMPLETE)); then
-        log "training complete: $STATUS_ITER/$STATUS_TOTAL iterations; results in $OUT"
-        return 0
-    fi
-    ((STATUS_ITER > START_ITER)) \
-        || die "chunk $CHUNK made no progress (iteration $STATUS_ITER): not resubmitting"
-    log "stopped at iteration $STATUS_ITER/$STATUS_TOTAL (end of the wall-time chunk)"
-    if [[ "$RESUBMIT" != 1 ]]; then
-        log "RESUBMIT=$RESUBMIT: submit the same script again (same OUT) to continue"
-        return 0
-    fi
-    CHUNK=$((CHUNK + 1))
-    "$resubmit"
-}
-
-# PBS (Pro and Torque): the same script again, with the same resources, after
-# this job ends successfully (afterok), with the parameters in -v.
-pbs_resubmit() {
-    local vars=() name value
-    for name in "${FORWARD_TO_NEXT_JOB[@]}"; do
-        [[ -v "$name" ]] || continue
-        value=${!name}
-        # qsub -v separates variables with commas; PBS Pro takes a quoted
-        # value with commas in it (Torque does not: avoid commas there).
-        [[ "$value" == *,* ]] && value="'$value'"
-        vars+=("$name=$value")
-    done
-    local list
-    list=$(printf '%s,' "${vars[@]}")
-    local cmd=(qsub -W "depend=afterok:$PBS_JOBID" -v "${list%,}")
-    [[ -n "${PBS_QUEUE:-}" ]] && cmd+=(-q "$PBS_QUEUE")
-    local resource
-    while IFS= read -r resource; do
-        [[ -n "$resource" ]] && cmd+=(-l "$resource")
-    done < <(pbs_job_resources)
-    cmd+=("$JOB_SCRIPT")
-    local line
-    printf -v line '%q ' "${cmd[@]}"
-    log "next chunk ($CHUNK): $line"
-    local id
-    id=$("${cmd[@]}") || die "qsub failed; continue by hand: qsub $JOB_SCRIPT (same OUT=$OUT)"
-    log "submitted job $id; it starts after job $PBS_JOBID ends successfully"
-}
-
-# This job's select/place/walltime (PBS Pro) or nodes/walltime (Torque), so a
-# job submitted with `qsub -l select=16:...` continues at 16 nodes.
-pbs_job_resources() {
-    command -v qstat >/dev/null 2>&1 || return 0
-    qstat -f "$PBS_JOBID" 2>/dev/null | awk '
-        /^\t/ { sub(/^\t+/, ""); line = line $0; next }   # continuation lines
-        { if (line != "") print line; line = $0 }
-        END { if (line != "") print line }' | awk -F' = ' '
-        $1 ~ /^ *Resource_List\.(select|place|walltime|nodes)$/ {
-            key = $1; sub(/^ *Resource_List\./, "", key); value[key] = $2 }
-        END {
-            if ("select" in value) print "select=" value["select"]
-            else if ("nodes" in value) print "nodes=" value["nodes"]
-            if ("place" in value) print "place=" value["place"]
-            if ("walltime" in value) print "walltime=" value["walltime"] }'
-}
-
-# Slurm: the same script again after this job ends successfully, with this
-# job's node count, time limit, partition and account, and the parameters in
-# the exported environment. This job's SLURM_* variables are removed from
-# what sbatch exports: the next job gets its own.
-slurm_resubmit() {
-    local name
-    for name in "${FORWARD_TO_NEXT_JOB[@]}"; do
-        if [[ -v "$name" ]]; then export "${name?}"; fi
-    done
-    local cmd=(sbatch --parsable --dependency="afterok:$SLURM_JOB_ID"
-               --nodes="$NODES" --ntasks-per-node="$GPUS_PER_NODE" --export=ALL)
-    [[ -n "${SLURM_JOB_PARTITION:-}" ]] && cmd+=(--partition="$SLURM_JOB_PARTITION")
-    [[ -n "${SLURM_JOB_ACCOUNT:-}" ]] && cmd+=(--account="$SLURM_JOB_ACCOUNT")
-    local limit=''
-    if command -v squeue >/dev/null 2>&1; then
-        limit=$(squeue -h -j "$SLURM_JOB_ID" -o %l 2>/dev/null || true)
-    fi
-    [[ "$limit" =~ ^[0-9] ]] && cmd+=(--time="$limit")
-    cmd+=("$JOB_SCRIPT")
-    local clean=()
-    while IFS= read -r name; do
-        [[ "$name" == SLURM_CONF ]] || clean+=(-u "$name")
-    done < <(compgen -e | grep '^SLURM_' || true)
-    local line
-    printf -v line '%q ' "${cmd[@]}"
-    log "next chunk ($CHUNK): $line"
-    local id
-    id=$(env "${clean[@]}" "${cmd[@]}") || die "sbatch failed; continue by hand: sbatch $JOB_SCRIPT (same OUT=$OUT)"
-    log "submitted job $id; it starts after job $SLURM_JOB_ID ends successfully"
-}
-
-# Workstation: no scheduler to resubmit to.
-local_resubmit() {
-    log "run the same command again (same OUT=$OUT) to continue"
 }

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 JOBS = ROOT / 'jobs'
 VENV = Path(sys.executable).parent.parent
 SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for p in JOBS.rglob('*.sh'))
-LAUNCH_SCRIPTS = [s for s in SCRIPTS if s != 'jobs/common.sh']
+# Sourced by every job script: the launch path, and what happens between launches.
+LIBRARIES = ['jobs/common.sh', 'jobs/chunks.sh']
+LAUNCH_SCRIPTS = [s for s in SCRIPTS if s not in LIBRARIES]
 PBS = ['jobs/pbs/pbspro.sh', 'jobs/pbs/torque.sh']
 SLURM = ['jobs/slurm/mpirun.sh', 'jobs/slurm/srun_pmix.sh']
 TIMEOUT = 150
@@ -235,7 +237,7 @@ def code_lines(path):
 
 def test_every_expected_script_exists():
     assert set(PBS + SLURM + ['jobs/local/workstation_gpu.sh',
-                              'jobs/local/smoke_cpu.sh', 'jobs/common.sh']) <= set(SCRIPTS)
+                              'jobs/local/smoke_cpu.sh'] + LIBRARIES) <= set(SCRIPTS)
     assert (JOBS / 'README.md').exists()
 
 
@@ -267,9 +269,54 @@ def test_house_style(script):
         assert key in header, key
     assert 'NOTE: site' in text
     # One launch line: the trainer is started once, by `launch`.
-    launches = [l for l in code_lines(script) if 'train_imagenet.py' in l]
+    launches = [line for line in code_lines(script) if 'train_imagenet.py' in line]
     assert len(launches) == 1 and launches[0].startswith('launch "${LAUNCH[@]}"'), launches
     assert 'preflight' in code_lines(script)
+
+
+@pytest.mark.parametrize('script', LAUNCH_SCRIPTS)
+def test_scripts_end_with_the_same_story(script):
+    """Source, set-up, chunk begin, preflight, the launch line, chunk end."""
+    code = [line for line in code_lines(script) if line.strip()]
+    story = code[code.index('source "$REPO/jobs/common.sh"'):]
+    # The workstation counts its GPUs (GPUS=...) before the set-up.
+    story = [line for line in story if not line.startswith('GPUS=')]
+    assert len(story) == 7, story
+    assert story[1] == 'source "$REPO/jobs/chunks.sh"'
+    assert re.fullmatch(r'job_setup (pbs|slurm|local) (mpirun|srun)( "\$\w+")?', story[2]), story
+    assert story[3:5] == ['chunk_begin', 'preflight'], story
+    assert story[5].startswith('launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py'), story
+    assert re.fullmatch(r'chunk_end (pbs|slurm|local)_resubmit', story[6]), story
+
+
+# Python run from a string (`python -c '...'`, `"$PYTHON" -c "..."`) or from a
+# here-document (`python - <<EOF`): the scripts call entry points instead.
+EMBEDDED_PYTHON = re.compile(
+    r"""(-c\s+['"])|((python[0-9.]*|PYTHON\}?"?)\s+(-\S*\s+)*(-c\b|-\s|-$|<<))""")
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_no_python_embedded_in_bash(script):
+    found = [line for line in code_lines(script) if EMBEDDED_PYTHON.search(line)]
+    assert not found, 'use a python -m entry point instead: {}'.format(found)
+
+
+def test_embedded_python_is_detected():
+    """The pattern above catches what the scripts used to do."""
+    for line in ('facts=$("$PYTHON" -c \'import sys', "s=$(python3 -c 'import json",
+                 'python - <<EOF', '"$PYTHON" -u -c "print(1)"', 'x=$(${PYTHON} -c "1")'):
+        assert EMBEDDED_PYTHON.search(line), line
+    for line in ('"$PYTHON" -m chainer_resnet.status "$OUT"', 'grep -c . "$PBS_NODEFILE"',
+                 "awk -F' = ' '", 'launch "${LAUNCH[@]}" "$PYTHON" "${args[@]}"'):
+        assert not EMBEDDED_PYTHON.search(line), line
+
+
+def test_scripts_call_the_python_entry_points():
+    common = '\n'.join(code_lines('jobs/common.sh'))
+    chunks = '\n'.join(code_lines('jobs/chunks.sh'))
+    assert '"$PYTHON" -m chainer_resnet.recipes facts "$RECIPE" "$NP"' in common
+    assert '"$PYTHON" -m chainer_resnet.status "$OUT"' in chunks
+    assert 'chainer_resnet.status' not in common and 'chainer_resnet.recipes' not in chunks
 
 
 @pytest.mark.parametrize('script', PBS + SLURM)
@@ -424,6 +471,29 @@ def test_skip_doctor_still_checks_rank_counts(tmp_path, stubs):
     out, doctor, train = cluster_dry_run(tmp_path, stubs, 'jobs/pbs/pbspro.sh', nodes=2,
                                          SKIP_DOCTOR=1)
     assert '--ranks-only' in doctor and doctor[doctor.index('--expect-world-size') + 1] == '16'
+
+
+@pytest.mark.parametrize('text, rc, expected', [
+    ('{"complete": true, "iteration": 4, "total_iters": 4}', 0,
+     'already complete (4/4 iterations) in {out}: nothing to do'),
+    ('{"complete": false, "iteration": 2, "total_iters": 4}', 0,
+     'continuing from iteration 2/4 (newest snapshot in {out})'),
+    ('{"complete": false, "iter', 2, 'error: {out}/status.json is not valid JSON'),
+])
+def test_chunk_begin_reads_the_status(tmp_path, stubs, text, rc, expected):
+    """The job reads $OUT/status.json with python -m chainer_resnet.status."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'status.json').write_text(text)
+    env = base_env(tmp_path, stubs, DRY_RUN=1, OUT=out)
+    env.update(slurm_env(nodes=1, ntasks=8))
+    r = run_script('jobs/slurm/srun_pmix.sh', env, timeout=60)
+    assert r.returncode == rc, r.stdout
+    assert expected.format(out=out) in r.stdout, r.stdout
+    launched = dry_commands(r.stdout)
+    assert len(launched) == (2 if 'continuing' in expected else 0), r.stdout
+    if rc:
+        assert 'remove it and launch again' in r.stdout
 
 
 def test_pbs_without_mpiprocs_is_refused(tmp_path, stubs):

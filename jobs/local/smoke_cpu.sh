@@ -30,8 +30,9 @@ export NCCL_DEBUG="${NCCL_DEBUG-}"
 : "${RECIPE:=smoke}" "${DEVICE:=cpu}" "${NP:=2}"
 # shellcheck source=jobs/common.sh
 source "$REPO/jobs/common.sh"
-job_setup local "$NP"
-mpirun_launcher
+# shellcheck source=jobs/chunks.sh
+source "$REPO/jobs/chunks.sh"
+job_setup local mpirun "$NP"
 chunk_begin
 preflight
 launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py "${TRAIN_ARGV[@]}"

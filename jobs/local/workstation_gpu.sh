@@ -37,17 +37,11 @@ export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
 
 # shellcheck source=jobs/common.sh
 source "$REPO/jobs/common.sh"
-# One rank per GPU: those in CUDA_VISIBLE_DEVICES if set, else all of them.
-if [[ -z "${GPUS:-}" && -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-    IFS=, read -r -a visible <<<"$CUDA_VISIBLE_DEVICES"
-    GPUS=${#visible[@]}
-fi
-if [[ -z "${GPUS:-}" ]]; then
-    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    [[ "$GPUS" -gt 0 ]] || die "no GPU found (nvidia-smi -L): set GPUS=N, or use jobs/local/smoke_cpu.sh on a machine without GPUs"
-fi
-job_setup local "$GPUS"
-mpirun_launcher
+# shellcheck source=jobs/chunks.sh
+source "$REPO/jobs/chunks.sh"
+# One rank per GPU: GPUS, or those in CUDA_VISIBLE_DEVICES, or all of them.
+GPUS=${GPUS:-$(visible_gpus)}
+job_setup local mpirun "$GPUS"
 chunk_begin
 preflight
 launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py "${TRAIN_ARGV[@]}"

@@ -70,8 +70,9 @@ export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
 
 # shellcheck source=jobs/common.sh
 source "$REPO/jobs/common.sh"
-job_setup pbs
-mpirun_launcher
+# shellcheck source=jobs/chunks.sh
+source "$REPO/jobs/chunks.sh"
+job_setup pbs mpirun
 chunk_begin
 preflight
 launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py "${TRAIN_ARGV[@]}"

@@ -74,8 +74,9 @@ export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
 
 # shellcheck source=jobs/common.sh
 source "$REPO/jobs/common.sh"
-job_setup slurm
-mpirun_launcher
+# shellcheck source=jobs/chunks.sh
+source "$REPO/jobs/chunks.sh"
+job_setup slurm mpirun
 chunk_begin
 preflight
 launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py "${TRAIN_ARGV[@]}"

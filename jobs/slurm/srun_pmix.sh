@@ -75,15 +75,9 @@ export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
 
 # shellcheck source=jobs/common.sh
 source "$REPO/jobs/common.sh"
-job_setup slurm
-# srun forwards the whole environment (--export=ALL) to every rank; no CPU
-# binding (the loader processes need the cores); one failing rank ends all.
-# Slurm >= 22.05 no longer passes sbatch's --cpus-per-task on to srun.
-read -r -a site_srun <<<"$SRUN_FLAGS"
-LAUNCH=(srun --mpi=pmix --ntasks="$NP" --ntasks-per-node="$GPUS_PER_NODE"
-        ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"}
-        --export=ALL --cpu-bind=none --kill-on-bad-exit=1 "${site_srun[@]}")
-if [[ -n "${LAUNCHER:-}" ]]; then read -r -a LAUNCH <<<"$LAUNCHER"; fi
+# shellcheck source=jobs/chunks.sh
+source "$REPO/jobs/chunks.sh"
+job_setup slurm srun
 chunk_begin
 preflight
 launch "${LAUNCH[@]}" "$PYTHON" train_imagenet.py "${TRAIN_ARGV[@]}"
