@@ -15,7 +15,6 @@ resumes from the newest snapshot in ``--out``.
 """
 
 import argparse
-import functools
 import os
 import sys
 
@@ -24,17 +23,27 @@ import numpy
 import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
 import chainer
 import chainer.links as L
-import chainermn
-from chainer.training import extensions
 
 from chainer_resnet import communication
 from chainer_resnet import extensions as cr_ext
-from chainer_resnet import optimizers, recipes, resnet, schedules, status
+from chainer_resnet import optimizers, recipes, resnet, schedules, snapshots, status
 from chainer_resnet.communication import print0
-from chainer_resnet.data import demo, layouts, sampling, transforms
+from chainer_resnet.data import demo, layouts, loader, sampling, transforms
 
 # What the trainer reports as a one-line error (exit status 2), not a traceback.
-USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError)
+USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError,
+               snapshots.SnapshotError)
+# Exit status of a run stopped because its state stopped being finite.
+EXIT_DIVERGED = 3
+
+
+class Diverged(Exception):
+    """Training stopped on a non-finite state; ``collective``: every rank stopped together."""
+
+    def __init__(self, message, rank, collective):
+        super().__init__(message)
+        self.rank = rank
+        self.collective = collective
 
 
 def parse_args(argv):
@@ -52,22 +61,56 @@ def parse_args(argv):
     p.add_argument('--out', help='output folder (default: results/<recipe>)')
     p.add_argument('--resume', help='snapshot file to resume from (default: the '
                    'newest snapshot in --out, if any)')
-    p.add_argument('--device', default='cpu',
+    p.add_argument('--device', default='cpu', type=_device_name,
                    help="'cpu', 'gpu' (the GPU of this rank's node-local rank) "
                    "or a GPU id")
-    p.add_argument('--loaderjobs', type=int, default=2,
+    p.add_argument('--loaderjobs', type=_count(0), default=2,
                    help='data-loading processes per rank (0: load in the main '
                    'process)')
-    p.add_argument('--stop-after-epochs', type=float,
+    p.add_argument('--stop-after-epochs', type=_positive_float,
                    help='stop (with a snapshot) after this many epochs of this '
                    'launch, to fit a wall-time limit; re-launch to continue')
-    p.add_argument('--stop-after-iters', type=int,
+    p.add_argument('--stop-after-iters', type=_count(1),
                    help='like --stop-after-epochs, in iterations')
+    p.add_argument('--skip-bad-images', type=_count(0), default=0, metavar='N',
+                   help='replace (training) or leave out (evaluation) up to N unreadable '
+                   'images per rank, counted in the log as data/bad_images; default 0: '
+                   'the first unreadable image ends the run, naming the file')
+    p.add_argument('--check-images', action='store_true',
+                   help='before training, read every image of each rank\'s shards once '
+                   'and report all unreadable ones (a full pass over the data)')
+    p.add_argument('--allow-recipe-change', action='store_true',
+                   help='continue from a snapshot made with other recipe values (the '
+                   'differences are printed; recipe.json keeps the old values as '
+                   'recipe.<iteration>.json)')
     p.add_argument('--data-cache', help='where the demo dataset is built '
                    '(default: $CHAINER_RESNET_DATA or ~/.cache/chainer_resnet)')
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar (batch jobs)')
     return p.parse_args(argv)
+
+
+def _count(minimum):
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError('must be an integer >= {}'.format(minimum))
+        return value
+    parse.__name__ = 'integer >= {}'.format(minimum)
+    return parse
+
+
+def _device_name(text):
+    if text in ('cpu', 'gpu') or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError("use 'cpu', 'gpu' or a GPU id")
+
+
+def _positive_float(text):
+    value = float(text)
+    if not 0 < value < float('inf'):
+        raise argparse.ArgumentTypeError('must be a positive number')
+    return value
 
 
 def main(argv=None):
@@ -79,6 +122,12 @@ def main(argv=None):
         print('error: {}'.format(e), file=sys.stderr, flush=True)
         communication.abort_if_distributed(2)
         return 2
+    except Diverged as e:
+        if e.rank == 0:
+            print('error: {}'.format(e), file=sys.stderr, flush=True)
+        if not e.collective:
+            communication.abort_if_distributed(EXIT_DIVERGED)
+        return EXIT_DIVERGED
     return 0
 
 
@@ -105,7 +154,8 @@ def run(argv=None):
     #    dataset is built once per node (a file lock serialises the ranks).
     train_path, val_path, root = _dataset_paths(args)
     train_base = layouts.open_dataset(train_path, root, recipe.num_classes)
-    val_base = layouts.open_dataset(val_path, root, recipe.num_classes)
+    val_base = layouts.open_dataset(val_path, root, recipe.num_classes,
+                                    classes=getattr(train_base, 'classes', None))
     train_ids = sampling.subset(len(train_base), recipe.train_subset, recipe.seed)
     val_ids = sampling.subset(len(val_base), recipe.val_subset, recipe.seed)
     n_train = len(train_ids)
@@ -118,9 +168,8 @@ def run(argv=None):
             communication.warn0(comm, 'recipe {!r} expects {} training images, the '
                                 'dataset has {}; iterations follow the dataset.'.format(
                                     recipe.name, recipe.train_images, n_train))
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, 'recipe.json'), 'w') as f:
-            f.write(recipe.to_json())
+        snapshots.check_output_folder(out)
+        snapshots.keep_recipe(out, recipe, args.allow_recipe_change)
         summary = dict(recipe.summary(comm.size, n_train), peak_lr=sched.peak('lr'))
         print0(comm, 'chainer_resnet: ' + ', '.join(
             '{}={}'.format(k, v) for k, v in summary.items()))
@@ -146,8 +195,11 @@ def run(argv=None):
                                           indices=train_local)
     val_set = sampling.AugmentedDataset(val_base, val_tf, recipe.seed, indices=val_local)
     sampler = sampling.EpochOrderSampler(len(train_set), recipe.seed)
-    train_iter, val_iter = _iterators(train_set, val_set, recipe.batch_per_worker,
-                                      sampler, args.loaderjobs)
+    train_iter, val_iter = loader.iterators(train_set, val_set, recipe.batch_per_worker,
+                                            sampler, args.loaderjobs)
+    if args.check_images:
+        _check_images(comm, train_base, train_local, val_base, val_local,
+                      args.skip_bad_images)
 
     # 7. Optimizer: gradients averaged over ranks (fp16 on the wire with
     #    pure_nccl), then weight decay, then the update (docs/method.md §1, §5).
@@ -158,7 +210,9 @@ def run(argv=None):
 
     # 8. Updater and trainer; iteration triggers derived from global numbers,
     #    so every rank evaluates and snapshots at the same iterations.
-    updater = cr_ext.TimedUpdater(train_iter, optimizer, workers=comm.size, device=device)
+    updater = cr_ext.TimedUpdater(
+        train_iter, optimizer, workers=comm.size, device=device,
+        converter=loader.BadSampleGuard(args.skip_bad_images, mode='replace'))
     stop = cr_ext.ChunkStopTrigger(total_iters, chunk_iters=_chunk_iters(args, ipe))
     trainer = chainer.training.Trainer(updater, stop, out=out)
     eval_trigger = cr_ext.PointsTrigger(
@@ -175,20 +229,16 @@ def run(argv=None):
         bn_sync = cr_ext.BNStatisticsAllreduce(comm, predictor, mode=recipe.bn_stats_average)
         trainer.extend(bn_sync, trigger=eval_trigger, name='bn_allreduce_eval')
         trainer.extend(bn_sync, trigger=snap_trigger, name='bn_allreduce_snapshot')
-    trainer.extend(cr_ext.ExactEvaluator(val_iter, model, comm, device=device),
-                   trigger=eval_trigger)
-    trainer.extend(chainermn.extensions.multi_node_snapshot(
-        comm, extensions.snapshot(
-            # Uncompressed: zlib on ~300 MB of weights and optimizer state
-            # costs more time than the disk space is worth.
-            savefun=functools.partial(chainer.serializers.save_npz, compression=False),
-            filename='snapshot_iter_{.updater.iteration}',
-            autoload=args.resume is None, n_retains=2),
-        [range(comm.size)]),
-        # ChainerMN's wrapper would run at the default priority (100), before
-        # LogReport, and a snapshot at a log iteration would lose that entry;
-        # -100 is Chainer's own snapshot priority.
-        trigger=snap_trigger, priority=-100)
+    trainer.extend(cr_ext.ExactEvaluator(
+        val_iter, model, comm, device=device,
+        converter=loader.BadSampleGuard(args.skip_bad_images, mode='drop')),
+        trigger=eval_trigger)
+    # Written atomically by rank 0 (uncompressed: zlib on ~300 MB costs more
+    # time than the disk space is worth); on resume rank 0 reads the newest
+    # loadable one and broadcasts it (snapshots.py).
+    trainer.extend(snapshots.Snapshot(comm, recipe, keep=2, resume=args.resume,
+                                      allow_recipe_change=args.allow_recipe_change),
+                   trigger=snap_trigger)
 
     # 10. Reporting on rank 0 only.
     plots = []
@@ -196,16 +246,18 @@ def run(argv=None):
         plots = cr_ext.extend_reporting(trainer, recipe.log_interval_iters, sched.names,
                                         progress_bar=not args.no_progress)
 
-    # 11. Resume from an explicit snapshot (autoload covers re-launches).
-    if args.resume:
-        chainer.serializers.load_npz(args.resume, trainer)
-
-    # 12. Run, then save the model with averaged BN statistics and the status.
-    trainer.run()
-    if bn_sync is not None:
-        bn_sync()
-    if comm.rank == 0:
-        _finish(trainer, predictor, out, total_iters, plots)
+    # 11. Run (the snapshot extension resumes first), then save the model
+    #     with averaged BN statistics, and the status.
+    try:
+        # The loop's own traceback print is off: main() reports user errors and
+        # divergence in one line, and the except hook prints anything else.
+        trainer.run(show_loop_exception_msg=False)
+        if bn_sync is not None:
+            bn_sync()
+        if comm.rank == 0:
+            _finish(trainer, predictor, out, total_iters, plots)
+    except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
+        raise _diverged(e, comm, trainer, out, total_iters) from None
     return trainer
 
 
@@ -227,18 +279,6 @@ def _dataset_paths(args):
     return args.train, args.val, args.root
 
 
-def _iterators(train_set, val_set, batch, sampler, loaderjobs):
-    if loaderjobs > 0:
-        train = chainer.iterators.MultiprocessIterator(
-            train_set, batch, n_processes=loaderjobs, order_sampler=sampler)
-        val = chainer.iterators.MultiprocessIterator(
-            val_set, batch, repeat=False, shuffle=False, n_processes=loaderjobs)
-    else:
-        train = chainer.iterators.SerialIterator(train_set, batch, order_sampler=sampler)
-        val = chainer.iterators.SerialIterator(val_set, batch, repeat=False, shuffle=False)
-    return train, val
-
-
 def _chunk_iters(args, ipe):
     if args.stop_after_iters is not None:
         return args.stop_after_iters
@@ -247,12 +287,56 @@ def _chunk_iters(args, ipe):
     return None
 
 
+def _check_images(comm, train_base, train_local, val_base, val_local, max_bad):
+    """--check-images: each rank reads its shards once; all stop together if too many fail."""
+    bad = []
+    for base, indices, what in ((train_base, train_local, 'training'),
+                                (val_base, val_local, 'validation')):
+        found = loader.check_images(base, numpy.unique(indices))
+        for index, path, error in found:
+            print('rank {}: unreadable {} image {} (index {}): {}'.format(
+                comm.rank, what, path, index, error), file=sys.stderr, flush=True)
+        bad.extend(found)
+    counts = comm.mpi_comm.allgather(len(bad))
+    print0(comm, 'check-images: {} unreadable image(s) over {} rank(s) (at most {} on a rank; '
+           '--skip-bad-images allows {} per rank)'.format(sum(counts), comm.size, max(counts),
+                                                        max_bad))
+    if max(counts) > max_bad:
+        raise layouts.DatasetError(
+            '--check-images found {} unreadable image(s) (listed above, per rank). Replace '
+            'them or remove them from the dataset, or pass --skip-bad-images N to train '
+            'without them.'.format(sum(counts)))
+
+
+def _diverged(error, comm, trainer, out, total_iters):
+    """Rank 0 records why the run stopped; the error for main() to report."""
+    newest = snapshots.list_snapshots(out)
+    where = ('The last finite snapshot, {}, is kept'.format(newest[0][1]) if newest
+             else 'No snapshot was written yet')
+    message = ('{}. {}; nothing non-finite was saved. Lower the learning rate (e.g. '
+               '--set lr_per_256=...) and start a new run with another --out, or continue '
+               'from that snapshot with the new value and --allow-recipe-change.'
+               .format(error, where))
+    if comm.rank == 0:
+        status.write(out, {'iteration': trainer.updater.iteration, 'total_iters': total_iters,
+                           'complete': False, 'failed': 'diverged', 'error': message,
+                           'snapshot': newest[0][1] if newest else None})
+    return Diverged(message, comm.rank,
+                    collective=isinstance(error, optimizers.TrainingDiverged))
+
+
 def _finish(trainer, predictor, out, total_iters, plots):
     """Rank 0 at the end of a launch: model.npz, status.json and the closing lines."""
     iteration = trainer.updater.iteration
     done = iteration >= total_iters
     model_path = os.path.join(out, 'model.npz')
-    chainer.serializers.save_npz(model_path, predictor)
+    weights = chainer.serializers.npz.serialize(predictor)
+    bad = snapshots.non_finite_entries(weights)
+    if bad:
+        raise snapshots.NonFiniteStateError(
+            'the model at iteration {} holds NaN or infinite values in {} (first: {}); '
+            'model.npz was not written'.format(iteration, len(bad), bad[0]))
+    snapshots.write_npz_atomic(model_path, weights)
     st = {'iteration': iteration, 'total_iters': total_iters, 'complete': done,
           'log': os.path.join(out, 'log'), 'model': model_path,
           'plots': [os.path.join(out, name) for name in plots]}

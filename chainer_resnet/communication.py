@@ -69,9 +69,33 @@ def create_communicator(*, gpu, allreduce_grad_dtype='float16'):
     import chainermn
     if gpu:
         import numpy
+        check_gpu_stack()
         return chainermn.create_communicator(
             'pure_nccl', allreduce_grad_dtype=numpy.dtype(allreduce_grad_dtype))
     return chainermn.create_communicator('naive')
+
+
+def check_gpu_stack():
+    """Raise CommunicationError unless CuPy, its NCCL module and a GPU are usable.
+
+    Without this, ChainerMN reports a missing CuPy as "PureNcclCommunicator
+    requires NCCL 2.0+", which names neither the cause nor the fix.
+    """
+    try:
+        import cupy
+        import cupy.cuda.nccl  # noqa: F401  (pure_nccl needs it)
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # ImportError, or a CUDA error from the driver
+        raise CommunicationError(
+            'a GPU run (--device gpu or a GPU id) needs CuPy with NCCL and a visible GPU, '
+            'but {}: {}. Install CuPy for your CUDA (pip install cupy-cuda12x), check '
+            'python -c "import cupy.cuda.nccl", or run on CPU with --device cpu.'.format(
+                type(e).__name__, e)) from None
+    if count < 1:
+        raise CommunicationError(
+            'a GPU run (--device gpu or a GPU id) found no visible GPU '
+            '(CUDA_VISIBLE_DEVICES={!r}). Ask the scheduler for GPUs, or run with '
+            '--device cpu.'.format(os.environ.get('CUDA_VISIBLE_DEVICES')))
 
 
 def create_multi_node_optimizer(actual_optimizer, comm, model):

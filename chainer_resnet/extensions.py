@@ -23,7 +23,7 @@ from chainer.training import extension
 from chainer.training import extensions as chainer_extensions
 from chainer.training import updaters
 
-from chainer_resnet import batch_normalization
+from chainer_resnet import batch_normalization, optimizers
 
 
 def _to_host(array):
@@ -60,8 +60,20 @@ class BNStatisticsAllreduce(extension.Extension):
 
     def __call__(self, trainer=None):
         links = batch_normalization.bn_links(self.model)
-        if not links or self.comm.size == 1:
+        if not links:
             return
+        if self.comm.size > 1:
+            self._average(links)
+        # The averaged statistics are the same on every rank: all stop together.
+        bad = [name for name, link in self.model.namedlinks() if link in links
+               and not (numpy.isfinite(_to_host(link.mean)).all()
+                        and numpy.isfinite(_to_host(link.var)).all())]
+        if bad:
+            raise optimizers.TrainingDiverged(
+                trainer.updater.iteration if trainer is not None else -1,
+                'the worker-averaged BN statistics', bad)
+
+    def _average(self, links):
         mean = numpy.concatenate([_to_host(bn.mean) for bn in links]).astype(numpy.float64)
         var = numpy.concatenate([_to_host(bn.var) for bn in links]).astype(numpy.float64)
         # 'union': average E[x^2] = var + mean^2 and take E[x^2] - E[x]^2.
@@ -120,15 +132,21 @@ class ExactEvaluator(chainer_extensions.Evaluator):
 
 
 def _batch_sums(logits, labels):
-    """(summed loss, top-1 correct, top-5 correct, count) of one batch."""
+    """(summed loss, top-1 correct, top-5 correct, count) of one batch.
+
+    The true class is in the top k when fewer than k *other* classes score at
+    least as high: a tie counts against it, and a row with any NaN or
+    infinite logit counts as wrong (comparisons with NaN are false, so a
+    "strictly higher" count would call every NaN row correct).
+    """
     xp = chainer.backend.get_array_module(logits)
     loss = F.softmax_cross_entropy(logits, labels, reduce='no').array.sum()
     k = min(5, logits.shape[1])
-    # Rank of the true class = number of classes scoring strictly higher.
     true_scores = logits[xp.arange(len(labels)), labels][:, None]
-    rank = (logits > true_scores).sum(axis=1)
-    return numpy.array([float(loss), float((rank < 1).sum()),
-                        float((rank < k).sum()), float(len(labels))])
+    rank = (logits >= true_scores).sum(axis=1) - 1
+    finite = xp.isfinite(logits).all(axis=1)
+    return numpy.array([float(loss), float((finite & (rank < 1)).sum()),
+                        float((finite & (rank < k)).sum()), float(len(labels))])
 
 
 class TimedUpdater(updaters.StandardUpdater):

@@ -323,6 +323,63 @@ class WeightDecayExceptBN(object):
                         'weight_decay_except_bn')(p, rate, g)
 
 
+class TrainingDiverged(RuntimeError):
+    """A quantity that is the same on every rank stopped being finite: training stops there.
+
+    Raised on every rank at the same iteration (the averaged gradient, the
+    worker-averaged BN statistics), so the ranks stop together without more
+    communication.
+
+    Attributes:
+        iteration (int): the iteration it was found at (for the gradient: the
+            update that was not made, counting the first update as 1).
+        what (str): the quantity, e.g. ``'the averaged gradient'``.
+        names (list of str): the arrays holding NaN or infinite values.
+    """
+
+    def __init__(self, iteration, what, names):
+        self.iteration = iteration
+        self.what = what
+        self.names = names
+        super().__init__(
+            'training diverged at iteration {}: NaN or infinite values in {}, in {} '
+            'array(s) (first: {})'.format(iteration, what, len(names),
+                                         names[0] if names else '?'))
+
+
+class NonFiniteGradientCheck(object):
+
+    """Optimizer hook: raise :class:`TrainingDiverged` before a non-finite update.
+
+    Register it on the optimizer first (before weight decay). Through
+    ChainerMN's multi-node optimizer it runs after the gradient allreduce, so
+    every rank sees the same averaged gradient and stops at the same
+    iteration without any extra communication; the parameters keep their
+    last finite values.
+
+    Cost per update: one sum per parameter on the device and a single
+    device-to-host read of their total (NaN and infinities propagate through
+    the sum); the names are looked up only when it is not finite.
+    """
+    name = 'NonFiniteGradientCheck'
+    call_for_each_param = False
+    timing = 'pre'
+
+    def __call__(self, opt):
+        grads = [param.grad for param in opt.target.params() if param.grad is not None]
+        if not grads:
+            return
+        xp = chainer.backend.get_array_module(grads[0])
+        with chainer.using_device(chainer.backend.get_device_from_array(grads[0])):
+            total = float(xp.stack([g.sum(dtype=numpy.float64) for g in grads]).sum())
+        if numpy.isfinite(total):
+            return
+        names = [name for name, param in opt.target.namedparams()
+                 if param.grad is not None and not bool(xp.isfinite(param.grad).all())]
+        raise TrainingDiverged(opt.t + 1, 'the averaged gradient (the update was not made)',
+                               names)
+
+
 def from_recipe(recipe, lr, alpha_sgd=None):
     """The recipe's optimizer, not yet set up, with initial hyperparameters.
 
@@ -340,12 +397,13 @@ def from_recipe(recipe, lr, alpha_sgd=None):
 
 
 def hooks_from_recipe(recipe):
-    """Optimizer hooks the recipe asks for: :class:`WeightDecayExceptBN` if any.
+    """Optimizer hooks of a run, in order: the finiteness check, then weight decay if any.
 
     Register them after the optimizer is set up (through ChainerMN's wrapper:
     they then see the averaged gradient).
     """
+    hooks = [NonFiniteGradientCheck()]
     if recipe.weight_decay > 0:
-        return [WeightDecayExceptBN(rate=recipe.weight_decay,
-                                    include_bn=recipe.weight_decay_bn)]
-    return []
+        hooks.append(WeightDecayExceptBN(rate=recipe.weight_decay,
+                                         include_bn=recipe.weight_decay_bn))
+    return hooks

@@ -134,7 +134,22 @@ class Recipe:
 
     # --- checks ---------------------------------------------------------------
     def validate(self):
-        """Raise RecipeError naming the first inconsistent field."""
+        """Raise RecipeError naming the first inconsistent field.
+
+        Every number must be finite (``inf`` and ``nan`` pass most range
+        checks, and ``nan`` silently switches a comparison-guarded feature
+        off), choices must be known and ranges respected.
+        """
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            numbers = value if isinstance(value, tuple) else (value,)
+            for number in numbers:
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise RecipeError('recipe {!r}: {} must be a finite number, got {!r}'
+                                      .format(self.name, field.name, value))
+        if self.seed < 0:
+            raise RecipeError('recipe {!r}: seed must be >= 0, got {!r}'.format(
+                self.name, self.seed))
         choices = {
             'resnet_variant': ('v1', 'v1.5'),
             'batch_norm': ('last_batch', 'moving_average'),

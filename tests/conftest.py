@@ -66,3 +66,28 @@ def list_tree(tmp_path):
     list_path.write_text(
         '\nb/gray.png 1\na/red.png 2\n\n  a/blue.JPEG\t0  \n\n')
     return str(list_path), str(root)
+
+
+@pytest.fixture
+def tiny_trainer(tmp_path):
+    """A factory of small Chainer trainers: a 3-to-2 linear classifier on 8 fixed
+    samples, batch 4, RMSpropWarmup; ``tiny_trainer(stop=4)`` returns
+    ``(trainer, model)`` writing to ``out`` (default ``tmp_path``)."""
+    import numpy
+    import chainer
+    import chainer.links as L
+    from chainer import training
+    from chainer_resnet.optimizers import RMSpropWarmup
+
+    def make(stop=4, out=None):
+        numpy.random.seed(0)
+        model = L.Classifier(L.Linear(3, 2))
+        x = numpy.random.RandomState(0).randn(8, 3).astype(numpy.float32)
+        t = numpy.array([0, 1] * 4, dtype=numpy.int32)
+        it = chainer.iterators.SerialIterator(chainer.datasets.TupleDataset(x, t), 4)
+        opt = RMSpropWarmup(lr=0.1, alpha_sgd=0.5)
+        opt.setup(model)
+        updater = training.updaters.StandardUpdater(it, opt)
+        return (training.Trainer(updater, (stop, 'iteration'), out=str(out or tmp_path)),
+                model)
+    return make

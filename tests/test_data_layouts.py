@@ -5,6 +5,7 @@ list file) is in conftest.py because the sampling tests use it too.
 """
 
 import os
+import pickle
 
 import numpy
 import pytest
@@ -182,6 +183,42 @@ def test_image_deleted_after_build_is_named(list_tree):
         ds[0]
 
 
+def test_list_with_a_byte_order_mark_reads_the_first_path_plainly(list_tree):
+    list_path, root = list_tree
+    plain = layouts.ListDataset(list_path, root)
+    with open(list_path, 'rb') as f:
+        content = f.read()
+    with open(list_path, 'wb') as f:
+        f.write(b'\xef\xbb\xbf' + content.lstrip(b'\n'))  # BOM, then the first path
+    ds = layouts.ListDataset(list_path, root)
+    assert ds.paths == plain.paths
+    assert '\ufeff' not in ds.paths[0]
+    numpy.testing.assert_array_equal(ds.labels, plain.labels)
+
+
+@pytest.mark.parametrize('newline', [b'\n', b'\r\n', b'\r'])
+@pytest.mark.parametrize('bom', [b'', b'\xef\xbb\xbf'])
+def test_list_that_is_not_utf8_names_file_and_line(list_tree, newline, bom):
+    list_path, root = list_tree
+    lines = [b'b/gray.png 1', b'', b'caf\xe9/x.png 2', b'a/red.png 2']   # Latin-1 e-acute
+    with open(list_path, 'wb') as f:
+        f.write(bom + newline.join(lines) + newline)
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.ListDataset(list_path, root)
+    message = str(info.value)
+    assert message.startswith('{}, line 3: '.format(list_path))
+    assert "b'\\xe9' is not UTF-8" in message
+    assert '(line "caf\\xe9/x.png 2")' in message      # the line, the byte visible
+    assert 'Re-encode the list as UTF-8' in message
+    assert '\n' not in message
+
+
+def test_list_that_is_not_utf8_on_its_first_line(tmp_path):
+    (tmp_path / 'l.txt').write_bytes(b'\xff\xfeb\x00')    # UTF-16, as Windows may save it
+    with pytest.raises(layouts.DatasetError, match=r'l.txt, line 1: byte'):
+        layouts.ListDataset(str(tmp_path / 'l.txt'), str(tmp_path))
+
+
 # ---------------------------------------------------------------------------
 # FolderDataset
 
@@ -248,17 +285,82 @@ def test_folder_corrupt_image_named(tmp_path):
 
 
 
+def class_tree(root, names):
+    for name in names:
+        write_image(os.path.join(str(root), name, 'x.png'), solid((1, 2, 3)))
+    return str(root)
+
+
+def test_folder_count_must_match_num_classes(tmp_path):
+    root = class_tree(tmp_path / 'val', ['cat', 'dog', 'eel'])
+    assert layouts.FolderDataset(root, num_classes=3).num_classes == 3   # negative control
+    for num_classes in (2, 4):
+        with pytest.raises(layouts.DatasetError) as info:
+            layouts.FolderDataset(root, num_classes=num_classes)
+        message = str(info.value)
+        assert message.startswith('image root {} has 3 class folders but the recipe has '
+                                  'num_classes={}'.format(root, num_classes))
+        assert 'Fix the tree' in message and '--set num_classes=3' in message
+
+
+def test_folder_classes_must_match_the_training_trees(tmp_path):
+    train = layouts.FolderDataset(class_tree(tmp_path / 'train', ['cat', 'dog', 'eel', 'fox']))
+    assert train.classes.root == train.root == str(tmp_path / 'train')
+    same = layouts.FolderDataset(class_tree(tmp_path / 'same', ['cat', 'dog', 'eel', 'fox']),
+                                 num_classes=4, classes=train.classes)   # negative control
+    assert same.classes == train.classes
+    numpy.testing.assert_array_equal(same.labels, train.labels)
+
+    missing = class_tree(tmp_path / 'missing', ['cat', 'eel', 'fox'])
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.FolderDataset(missing, classes=train.classes)
+    message = str(info.value)
+    assert message.startswith('class folders of {} differ from the training tree {}: '
+                              '1 missing (dog), 0 extra (none)'.format(missing, train.root))
+    assert 'shifts every later label' in message
+
+    extra = class_tree(tmp_path / 'extra', ['ant', 'cat', 'dog', 'eel', 'fox', 'gnu'])
+    # the names are compared first, as they say more than the count
+    with pytest.raises(layouts.DatasetError, match=r'0 missing \(none\), 2 extra \(ant, gnu\)'):
+        layouts.FolderDataset(extra, num_classes=4, classes=train.classes)
+
+
+def test_folder_class_mismatch_lists_only_the_first_names(tmp_path):
+    names = ['c{:02d}'.format(i) for i in range(12)]
+    root = class_tree(tmp_path / 'val', names[:1])
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.FolderDataset(root, classes=names[1:] + ['zz'])
+    message = str(info.value)
+    assert 'differ from the classes given: 12 missing (c01, c02, c03, c04, c05, ... 7 more), ' \
+        '1 extra (c00)' in message
+
+
+def test_folder_classes_in_another_order(tmp_path):
+    root = class_tree(tmp_path / 'val', ['cat', 'dog'])
+    with pytest.raises(layouts.DatasetError, match='in another order'):
+        layouts.FolderDataset(root, classes=['dog', 'cat'])
+
+
+def test_class_names_pickle_with_their_root(tmp_path):
+    ds = layouts.FolderDataset(class_tree(tmp_path / 'train', ['cat', 'dog']))
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.classes == ['cat', 'dog'] and clone.classes.root == ds.root
+
+
 # ---------------------------------------------------------------------------
 # open_dataset
 
 def test_open_dataset_reads_a_folder_as_class_folders(list_tree):
     _, root = list_tree
-    ds = layouts.open_dataset(root, '/ignored/for/folders', num_classes=1)
+    ds = layouts.open_dataset(root, '/ignored/for/folders', num_classes=2)
     assert isinstance(ds, layouts.FolderDataset)
     assert ds.classes == ['a', 'b'] and ds.num_classes == 2
     expected = layouts.FolderDataset(root)
     assert ds.paths == expected.paths
     numpy.testing.assert_array_equal(ds.labels, expected.labels)
+    # num_classes is no longer ignored for folders (issue 9): 2 folders, 1 output
+    with pytest.raises(layouts.DatasetError, match='has 2 class folders'):
+        layouts.open_dataset(root, None, num_classes=1)
 
 
 def test_open_dataset_reads_a_file_as_a_list_under_root(list_tree):
@@ -293,3 +395,20 @@ def test_open_dataset_list_root_defaults_to_the_list_files_folder(list_tree,
 def test_open_dataset_missing_path_is_a_missing_list_file(tmp_path):
     with pytest.raises(layouts.DatasetError, match='nope.txt does not exist'):
         layouts.open_dataset(str(tmp_path / 'nope.txt'), None, None)
+
+
+def test_open_dataset_checks_a_validation_tree_against_the_training_classes(tmp_path, list_tree):
+    train = layouts.open_dataset(class_tree(tmp_path / 'train', ['cat', 'dog']), None, 2)
+    val_root = class_tree(tmp_path / 'val', ['cat', 'dog'])
+    val = layouts.open_dataset(val_root, None, 2, classes=getattr(train, 'classes', None))
+    assert val.classes == train.classes
+    class_tree(tmp_path / 'val', ['eel'])
+    with pytest.raises(layouts.DatasetError, match=r'1 extra \(eel\)'):
+        layouts.open_dataset(val_root, None, 3, classes=train.classes)
+    # a list file has no class names: classes is ignored, labels are checked
+    list_path, root = list_tree
+    listed = layouts.open_dataset(list_path, root, 3, classes=train.classes)
+    assert isinstance(listed, layouts.ListDataset)
+    # a list-file training set has no classes: the trainer passes None
+    assert getattr(listed, 'classes', None) is None
+    assert layouts.open_dataset(val_root, None, 3, classes=None).num_classes == 3

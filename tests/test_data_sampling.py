@@ -1,5 +1,6 @@
 """Tests for chainer_resnet.data.sampling: subsets, scattering, reproducible augmentation."""
 
+import os
 import pickle
 
 import numpy
@@ -189,6 +190,45 @@ def test_augmented_dataset_checks_indices(indices, message):
 def test_augmented_dataset_rejects_negative_index():
     with pytest.raises(IndexError, match='non-negative'):
         sampling.AugmentedDataset(make_base(), TRANSFORM, seed=0).get_example(-1)
+
+
+def test_an_unreadable_image_is_returned_as_a_bad_sample(list_tree):
+    list_path, root = list_tree
+    base = layouts.ListDataset(list_path, root)
+    with open(base.paths[2], 'wb'):
+        pass                                            # a zero-byte JPEG
+    ds = sampling.AugmentedDataset(base, TRANSFORM, seed=1, indices=[2, 0])
+    for i in (0, 2, 4):                                 # tags 0, 1, 2 of global index 2
+        sample = ds[i]
+        assert isinstance(sample, sampling.BadSample)
+        assert sample.index == 2 and sample.path == base.paths[2]
+        # the decoder's error, not read_image's wrapping of it
+        assert sample.error == "UnidentifiedImageError: cannot identify image file {!r}".format(
+            base.paths[2])
+        assert sample.describe() == '{}: {}'.format(base.paths[2], sample.error)
+    assert pickle.loads(pickle.dumps(sample)) == sample
+    assert not isinstance(ds[1], sampling.BadSample)    # negative control: index 0 reads
+    # a file deleted after the build: read_image's own message, no cause to unwrap
+    os.remove(base.paths[0])
+    assert ds[1].error.startswith('DatasetError: image file {} does not exist'.format(
+        base.paths[0]))
+
+
+def test_a_failing_transform_is_returned_as_a_bad_sample():
+    def transform(image, rng):
+        raise ValueError('image too small')
+
+    sample = sampling.AugmentedDataset(make_base(), transform, seed=0)[13]
+    assert sample == sampling.BadSample(index=3, path=None, error='ValueError: image too small')
+    assert sample.describe() == 'sample 3: ValueError: image too small'
+
+
+def test_an_interrupt_is_not_a_bad_sample():
+    def transform(image, rng):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sampling.AugmentedDataset(make_base(), transform, seed=0)[0]
 
 
 # ---------------------------------------------------------------------------

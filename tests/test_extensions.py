@@ -8,11 +8,8 @@ import numpy
 import pytest
 
 import chainer
-import chainer.links as L
-from chainer import training
 
 from chainer_resnet import extensions as cr_ext
-from chainer_resnet.optimizers import RMSpropWarmup
 
 
 def test_points_at_fractional_intervals_and_the_end():
@@ -23,19 +20,10 @@ def test_points_at_fractional_intervals_and_the_end():
     assert cr_ext.points(50, 16) == [16]
 
 
-def _tiny_trainer(tmp_path, iterations=4):
-    model = L.Classifier(L.Linear(3, 2))
-    x = numpy.random.RandomState(0).randn(8, 3).astype(numpy.float32)
-    t = numpy.array([0, 1] * 4, dtype=numpy.int32)
-    it = chainer.iterators.SerialIterator(chainer.datasets.TupleDataset(x, t), 4)
-    opt = RMSpropWarmup(lr=0.1, alpha_sgd=0.5)
-    opt.setup(model)
-    updater = training.updaters.StandardUpdater(it, opt)
-    return training.Trainer(updater, (iterations, 'iteration'), out=str(tmp_path))
 
 
-def test_extend_reporting_logs_prints_and_plots_the_scheduled_names(tmp_path):
-    trainer = _tiny_trainer(tmp_path)
+def test_extend_reporting_logs_prints_and_plots_the_scheduled_names(tmp_path, tiny_trainer):
+    trainer, _ = tiny_trainer()
     plots = cr_ext.extend_reporting(trainer, 2, ('lr', 'alpha_sgd'), progress_bar=False)
     assert plots == ['loss.png', 'accuracy.png', 'lr.png']
     trainer.run()
@@ -48,9 +36,40 @@ def test_extend_reporting_logs_prints_and_plots_the_scheduled_names(tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG', name
 
 
-def test_extend_reporting_without_a_warmup_has_no_alpha_column(tmp_path):
-    trainer = _tiny_trainer(tmp_path, iterations=2)
+def test_extend_reporting_without_a_warmup_has_no_alpha_column(tmp_path, tiny_trainer):
+    trainer, _ = tiny_trainer(stop=2)
     cr_ext.extend_reporting(trainer, 2, ('lr',), progress_bar=False)
     trainer.run()
     assert 'alpha_sgd' not in trainer.get_extension('LogReport').log[-1]
     assert 'alpha_sgd' not in trainer.get_extension('ResumablePrintReport')._entries
+
+
+def test_batch_sums_count_nan_rows_and_ties_as_wrong():
+    from chainer_resnet.extensions import _batch_sums
+    labels = numpy.array([0, 1, 2, 0], dtype=numpy.int32)
+    logits = numpy.array([
+        [3.0, 1.0, 0.0, 0.0, 0.0, 0.0],      # right
+        [numpy.nan] * 6,                     # diverged: wrong, not "nothing scores higher"
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],      # all tied: wrong in the top 1 and the top 5
+        [0.0, numpy.inf, 5.0, 0.0, 0.0, 0.0],  # a non-finite row is wrong
+    ], dtype=numpy.float32)
+    _, top1, top5, count = _batch_sums(logits, labels)
+    assert (top1, top5, count) == (1, 1, 4)
+    # Negative control: the same logits, made finite and untied, are all right in the top 5.
+    clean = numpy.array([[3, 1, 0, 0, 0, 0], [0, 3, 1, 0, 0, 0], [0, 1, 2, 3, 4, 5],
+                         [9, 0, 5, 0, 0, 0]], dtype=numpy.float32)
+    _, top1, top5, _ = _batch_sums(clean, labels)
+    assert (top1, top5) == (3, 4)
+
+
+def test_bn_statistics_check_stops_on_non_finite_averaged_statistics():
+    import types
+    from chainer_resnet.batch_normalization import LastBatchNormalization
+    from chainer_resnet.optimizers import TrainingDiverged
+    model = chainer.Sequential(LastBatchNormalization(3), LastBatchNormalization(3))
+    sync = cr_ext.BNStatisticsAllreduce(types.SimpleNamespace(size=1), model)
+    sync()                                           # finite: nothing happens
+    model[1].var[1] = numpy.inf
+    trainer = types.SimpleNamespace(updater=types.SimpleNamespace(iteration=7))
+    with pytest.raises(TrainingDiverged, match=r'iteration 7: .*BN statistics.*\(first: /1\)'):
+        sync(trainer)

@@ -624,9 +624,41 @@ def test_from_recipe_builds_the_recipes_optimizer_and_hooks():
     sgd = optimizers.from_recipe(recipes.GOYAL2017, lr=0.1)
     assert type(sgd) is chainer.optimizers.CorrectedMomentumSGD
     assert (sgd.lr, sgd.momentum) == (0.1, recipes.GOYAL2017.mu1)
-    (hook,) = optimizers.hooks_from_recipe(paper)
+    check, hook = optimizers.hooks_from_recipe(paper)
+    assert isinstance(check, optimizers.NonFiniteGradientCheck)
     assert isinstance(hook, WeightDecayExceptBN)
     assert (hook.rate, hook.include_bn) == (1e-4, False)
     with_bn = recipes.resolve('akiba2017', ['weight_decay_bn=true'])
-    assert optimizers.hooks_from_recipe(with_bn)[0].include_bn is True
-    assert optimizers.hooks_from_recipe(recipes.resolve('akiba2017', ['weight_decay=0'])) == []
+    assert optimizers.hooks_from_recipe(with_bn)[1].include_bn is True
+    no_decay = optimizers.hooks_from_recipe(recipes.resolve('akiba2017', ['weight_decay=0']))
+    assert [type(h) for h in no_decay] == [optimizers.NonFiniteGradientCheck]
+
+
+def _model_with_grads(value):
+    model = L.Classifier(L.Linear(3, 2))
+    model.cleargrads()
+    for param in model.params():
+        param.grad = np.ones_like(param.array)
+    model.predictor.W.grad[0, 1] = value
+    return model
+
+
+@pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
+def test_non_finite_gradient_stops_before_the_update(value):
+    model = _model_with_grads(value)
+    opt = RMSpropWarmup(lr=0.1, alpha_sgd=1.0)
+    opt.setup(model)
+    opt.add_hook(optimizers.NonFiniteGradientCheck())
+    before = {name: p.array.copy() for name, p in model.namedparams()}
+    with pytest.raises(optimizers.TrainingDiverged, match=r'at iteration 1: NaN or infinite values in the averaged gradient .* in 1 array\(s\)') as e:
+        opt.update()
+    assert e.value.names == ['/predictor/W'] and e.value.iteration == 1
+    for name, param in model.namedparams():
+        np.testing.assert_array_equal(param.array, before[name], err_msg=name)
+    # Negative control: the same gradient made finite updates the parameters.
+    finite = _model_with_grads(1.0)
+    opt = RMSpropWarmup(lr=0.1, alpha_sgd=1.0)
+    opt.setup(finite)
+    opt.add_hook(optimizers.NonFiniteGradientCheck())
+    opt.update()
+    assert opt.t == 1

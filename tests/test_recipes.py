@@ -96,6 +96,14 @@ def test_overrides_are_parsed_by_field_type(assignment, field, value):
     ('mu1=1', 'mu1 must be in'),
     ('weight_decay=-1', 'weight_decay must be >= 0'),
     ('augmentation=pre_resized', 'pre_resize_size (256) < crop_size'),
+    # Non-finite numbers: inf passes '> 0' checks, nan fails every comparison
+    # and used to switch weight decay and the warm-up off silently.
+    ('epochs=inf', 'epochs must be a finite number'),
+    ('lr_per_256=inf', 'lr_per_256 must be a finite number'),
+    ('weight_decay=nan', 'weight_decay must be a finite number'),
+    ('warmup_center_epochs=nan', 'warmup_center_epochs must be a finite number'),
+    ('mean=0.5,nan,0.5', 'mean must be a finite number'),
+    ('seed=-1', 'seed must be >= 0'),
 ])
 def test_bad_overrides_say_what_is_wrong(assignment, message):
     sets = [assignment]

@@ -87,3 +87,27 @@ def test_bad_recipe_and_paths_are_clear_errors(tmp_path, data_cache, capsys):
                                      str(tmp_path)))
     assert code == 2
     assert '--val' in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_messages_with_exit_status_2(tmp_path, data_cache, capsys):
+    # Each of these used to end in a traceback (issue 9).
+    cases = [
+        (['--device', 'gpu'], 'needs CuPy with NCCL and a visible GPU'),
+        (['--device', '3'], 'needs CuPy with NCCL and a visible GPU'),
+        (['--resume', str(tmp_path / 'missing.0')], 'cannot resume from --resume'),
+        (['--set', 'epochs=inf'], 'epochs must be a finite number'),
+        (['--set', 'seed=-1'], 'seed must be >= 0'),
+    ]
+    for extra, message in cases:
+        assert train_imagenet.main(_args(tmp_path / 'run', data_cache, *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err, (extra, err)
+    (tmp_path / 'file').write_text('not a folder')
+    assert train_imagenet.main(_args(tmp_path / 'file', data_cache)) == 2
+    assert 'is a file, not a folder' in capsys.readouterr().err
+    for flag in (['--stop-after-iters', '0'], ['--stop-after-epochs', 'inf'],
+                 ['--device', 'gpux'], ['--skip-bad-images', '-1']):
+        with pytest.raises(SystemExit) as e:
+            train_imagenet.main(_args(tmp_path / 'run', data_cache, *flag))
+        assert e.value.code == 2, flag
+        assert 'error: argument' in capsys.readouterr().err

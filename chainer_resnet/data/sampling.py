@@ -10,8 +10,15 @@ the same dataset description and reads only its own images.
   asks for, and :class:`AugmentedDataset` seeds each sample's generator with
   ``(seed, epoch tag, global sample index)``. The same sample therefore gets
   the same augmentation whatever process, loader worker or rank loads it,
-  and a resumed run continues exactly.
+  and a resumed run continues exactly;
+- :class:`BadSample`: what :class:`AugmentedDataset` returns in place of a
+  sample it cannot read or transform, so that a bad image reaches the main
+  process as data (:class:`~chainer_resnet.data.loader.BadSampleGuard`
+  decides what to do with it) instead of killing a loader process.
 """
+
+import dataclasses
+from typing import Optional
 
 import numpy
 
@@ -19,6 +26,7 @@ import chainer
 
 from chainer_resnet.communication import CommunicationError
 from chainer_resnet.data._checks import check_size, describe
+from chainer_resnet.data.layouts import DatasetError
 
 
 def subset(n, size, seed):
@@ -120,6 +128,41 @@ class EpochOrderSampler(object):
         return perm.astype(numpy.int64) + numpy.int64(tag) * self.size
 
 
+@dataclasses.dataclass(frozen=True)
+class BadSample:
+    """A sample that could not be read or transformed, in place of the sample.
+
+    Small and picklable, so a loader process returns it like any sample.
+    It is not a tuple, so Chainer's converters do not take it for an
+    ``(image, label)`` pair: pass batches through
+    :class:`~chainer_resnet.data.loader.BadSampleGuard`.
+
+    Attributes:
+        index (int): the global index in the base dataset.
+        path (str or None): the image file, if the base dataset has ``paths``.
+        error (str): ``'ExceptionType: message'`` of the underlying error.
+    """
+
+    index: int
+    path: Optional[str]
+    error: str
+
+    @classmethod
+    def from_exception(cls, base, index, exc):
+        """The BadSample for ``exc``, raised reading ``base[index]``."""
+        # read_image wraps the decoder's error in a DatasetError whose text
+        # repeats the path and advice; the guard adds its own advice.
+        cause = exc.__cause__ if isinstance(exc, DatasetError) and exc.__cause__ else exc
+        paths = getattr(base, 'paths', None)
+        return cls(index=int(index), path=None if paths is None else paths[index],
+                   error='{}: {}'.format(type(cause).__name__, cause))
+
+    def describe(self):
+        """``'path: error'``, or ``'sample index: error'`` without a path."""
+        return '{}: {}'.format(
+            self.path if self.path is not None else 'sample {}'.format(self.index), self.error)
+
+
 class AugmentedDataset(chainer.dataset.DatasetMixin):
     """Apply a transform with a generator seeded by (seed, tag, global index).
 
@@ -137,6 +180,11 @@ class AugmentedDataset(chainer.dataset.DatasetMixin):
     subset of the data sees exactly what a single process sees for the
     same global indices. The object pickles (for forkserver workers) if
     ``base`` and ``transform`` do.
+
+    A sample whose reading or transform raises an ``Exception`` is
+    returned as a :class:`BadSample` instead: a loader process that raises
+    is never replaced, and Chainer's ``MultiprocessIterator`` then waits
+    for it forever ("Stalled dataset is detected") on every rank.
 
     Args:
         base: dataset of ``(image, label)`` pairs, e.g.
@@ -176,13 +224,17 @@ class AugmentedDataset(chainer.dataset.DatasetMixin):
         return len(self.indices)
 
     def get_example(self, i):
-        """Return ``(transformed image, int32 label)`` for index ``i``."""
+        """Return ``(transformed image, int32 label)`` for index ``i``, or a
+        :class:`BadSample` if reading or transforming it raises."""
         if i < 0:
             raise IndexError(
                 'AugmentedDataset index must be non-negative, got {}'
                 .format(i))
         tag, pos = divmod(int(i), len(self.indices))
         g = int(self.indices[pos])
-        image, label = self.base[g]
-        rng = numpy.random.default_rng([self.seed, tag, g])
-        return self.transform(image, rng), numpy.int32(label)
+        try:
+            image, label = self.base[g]
+            rng = numpy.random.default_rng([self.seed, tag, g])
+            return self.transform(image, rng), numpy.int32(label)
+        except Exception as exc:
+            return BadSample.from_exception(self.base, g, exc)
