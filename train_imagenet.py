@@ -142,10 +142,12 @@ def run(argv=None):
     if args.loaderjobs > 0:
         communication.start_forkserver()
 
-    # 2. Communicator and device. An exception on any rank aborts all ranks.
+    # 2. Communicator and device. An exception on any rank aborts all ranks:
+    #    the hook goes first, so that a rank failing while the communicator
+    #    is created cannot leave the others blocked in a collective.
+    communication.install_abort_on_error()
     comm = communication.create_communicator(
         gpu=args.device != 'cpu', allreduce_grad_dtype=recipe.allreduce_grad_dtype)
-    communication.install_abort_on_error()
     recipe.check_world_size(comm.size)
     device = _device(args.device, comm)
     device.use()
@@ -215,15 +217,18 @@ def run(argv=None):
         converter=loader.BadSampleGuard(args.skip_bad_images, mode='replace'))
     stop = cr_ext.ChunkStopTrigger(total_iters, chunk_iters=_chunk_iters(args, ipe))
     trainer = chainer.training.Trainer(updater, stop, out=out)
-    eval_trigger = cr_ext.PointsTrigger(
-        cr_ext.points(recipe.eval_interval_epochs * ipe, total_iters))
+    eval_points = cr_ext.points(recipe.eval_interval_epochs * ipe, total_iters)
+    eval_trigger = cr_ext.PointsTrigger(eval_points)
     snap_trigger = cr_ext.PointsTrigger(
         cr_ext.points(recipe.snapshot_interval_epochs * ipe, total_iters), stop)
 
-    # 9. On all ranks: schedules, BN statistics averaging, evaluation,
+    # 9. On all ranks: schedules, a wall-time warning signal (SIGUSR1 ends the
+    #    launch cleanly with a snapshot), BN statistics averaging, evaluation,
     #    snapshots. The schedules also run at initialisation (resume-safe).
     for name, extension in sched.extensions():
         trainer.extend(extension, name=name)
+    stop_signal = cr_ext.StopOnSignal(comm, stop)
+    trainer.extend(stop_signal)
     bn_sync = None
     if recipe.batch_norm == 'last_batch':
         bn_sync = cr_ext.BNStatisticsAllreduce(comm, predictor, mode=recipe.bn_stats_average)
@@ -233,18 +238,20 @@ def run(argv=None):
         val_iter, model, comm, device=device,
         converter=loader.BadSampleGuard(args.skip_bad_images, mode='drop')),
         trigger=eval_trigger)
-    # Written atomically by rank 0 (uncompressed: zlib on ~300 MB costs more
-    # time than the disk space is worth); on resume rank 0 reads the newest
-    # loadable one and broadcasts it (snapshots.py).
-    trainer.extend(snapshots.Snapshot(comm, recipe, keep=2, resume=args.resume,
-                                      allow_recipe_change=args.allow_recipe_change),
-                   trigger=snap_trigger)
+    # Written atomically by rank 0 in a background thread (uncompressed: zlib
+    # on ~300 MB costs more time than the disk space is worth); on resume rank
+    # 0 reads the newest loadable one and broadcasts it (snapshots.py).
+    snapshot = snapshots.Snapshot(comm, recipe, keep=2, resume=args.resume,
+                                  allow_recipe_change=args.allow_recipe_change)
+    trainer.extend(snapshot, trigger=snap_trigger)
 
     # 10. Reporting on rank 0 only.
     plots = []
     if comm.rank == 0:
-        plots = cr_ext.extend_reporting(trainer, recipe.log_interval_iters, sched.names,
-                                        progress_bar=not args.no_progress)
+        plots = cr_ext.extend_reporting(
+            trainer, recipe.log_interval_iters, sched.names,
+            plot_trigger=cr_ext.PointsTrigger(eval_points, stop),
+            progress_bar=not args.no_progress)
 
     # 11. Run (the snapshot extension resumes first), then save the model
     #     with averaged BN statistics, and the status.
@@ -252,10 +259,11 @@ def run(argv=None):
         # The loop's own traceback print is off: main() reports user errors and
         # divergence in one line, and the except hook prints anything else.
         trainer.run(show_loop_exception_msg=False)
+        snapshot.wait()          # the last snapshot is on disk before the status says so
         if bn_sync is not None:
             bn_sync()
         if comm.rank == 0:
-            _finish(trainer, predictor, out, total_iters, plots)
+            _finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by)
     except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
         raise _diverged(e, comm, trainer, out, total_iters) from None
     return trainer
@@ -325,7 +333,7 @@ def _diverged(error, comm, trainer, out, total_iters):
                     collective=isinstance(error, optimizers.TrainingDiverged))
 
 
-def _finish(trainer, predictor, out, total_iters, plots):
+def _finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
     """Rank 0 at the end of a launch: model.npz, status.json and the closing lines."""
     iteration = trainer.updater.iteration
     done = iteration >= total_iters
@@ -345,10 +353,17 @@ def _finish(trainer, predictor, out, total_iters, plots):
     if evaluations:
         st['val_top1'] = evaluations[-1]['validation/main/accuracy']
         st['val_top5'] = evaluations[-1]['validation/main/top5']
+    if stopped_by is not None and not done:
+        st['stopped'] = stopped_by
     status.write(out, st)
-    print('\n{} at iteration {}/{}.'.format(
-        'Training complete' if done else 'Stopped (re-launch to continue)',
-        iteration, total_iters), flush=True)
+    if done:
+        print('\nTraining complete at iteration {}/{}.'.format(iteration, total_iters))
+    elif stopped_by is not None:
+        print('\nStopped by {} at iteration {}/{} (re-launch to continue).'.format(
+            stopped_by, iteration, total_iters))
+    else:
+        print('\nStopped at iteration {}/{} (re-launch to continue).'.format(
+            iteration, total_iters))
     if evaluations:
         print('validation top-1 {:.2%}, top-5 {:.2%}'.format(st['val_top1'], st['val_top5']))
     print('log:   {}\nplots: {}\nmodel: {}'.format(st['log'], ', '.join(st['plots']),

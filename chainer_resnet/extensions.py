@@ -8,10 +8,14 @@
   without data-loading time, and the time spent waiting for data.
 - :class:`ChunkStopTrigger`, :class:`PointsTrigger` and :func:`points`: when
   a launch stops, evaluates and snapshots.
-- :func:`extend_reporting`: rank 0's log, printed table, plots and progress.
+- :func:`extend_reporting`, :class:`LogPlots`: rank 0's log, printed table, plots, progress.
+- :class:`StopOnSignal`: a wall-time warning signal stops every rank cleanly.
 """
 
 import functools
+import os
+import signal
+import sys
 import time
 
 import numpy
@@ -275,13 +279,19 @@ PLOTS = (('loss.png', ('main/loss', 'validation/main/loss')),
 """Plots every run draws; ``lr.png`` adds the scheduled hyperparameters."""
 
 
-def extend_reporting(trainer, log_interval_iters, scheduled, progress_bar=True):
+def extend_reporting(trainer, log_interval_iters, scheduled, plot_trigger, progress_bar=True,
+                     plot_interval_s=300):
     """Rank 0's reporting: log, printed table, plots, progress bar.
 
     ``scheduled`` names the optimizer hyperparameters the schedules set
     (:attr:`chainer_resnet.schedules.RecipeSchedules.names`): each is
-    observed into the log, printed, and plotted in ``lr.png``. Returns the
-    plot file names.
+    observed into the log, printed, and plotted in ``lr.png``. Plots are
+    drawn from the log at ``plot_trigger`` (the evaluation points and the end
+    of a launch), at most every ``plot_interval_s`` seconds but always at the
+    end: redrawing PNGs costs rank 0 time that every other rank waits for.
+    The progress bar is shown only when ``progress_bar`` and stdout is a
+    terminal (in a batch log it would be escape codes). Returns the plot
+    file names.
     """
     log_trigger = (log_interval_iters, 'iteration')
     trainer.extend(chainer_extensions.LogReport(trigger=log_trigger))
@@ -297,12 +307,119 @@ def extend_reporting(trainer, log_interval_iters, scheduled, progress_bar=True):
             + ['perf/images_per_sec', 'elapsed_time'])
     trainer.extend(ResumablePrintReport(keys), trigger=log_trigger)
     plots = PLOTS + (('lr.png', tuple(scheduled)),)
-    for file_name, plot_keys in plots:
-        trainer.extend(chainer_extensions.PlotReport(
-            list(plot_keys), x_key='iteration', file_name=file_name, trigger=log_trigger))
-    if progress_bar:
+    trainer.extend(LogPlots(plots, min_interval_s=plot_interval_s), trigger=plot_trigger)
+    if progress_bar and sys.stdout.isatty():
         trainer.extend(chainer_extensions.ProgressBar(update_interval=1))
     return [file_name for file_name, _ in plots]
+
+
+class LogPlots(extension.Extension):
+    """PNG plots of LogReport's log, drawn at the trigger but at most every ``min_interval_s``.
+
+    Stateless (the log is the data, and the snapshot restores the log), so a
+    resumed run redraws the whole curve. A trigger of
+    :class:`PointsTrigger` with the chunk stop draws at the evaluation points
+    and at the end of every launch; the end of a launch always draws.
+
+    Args:
+        plots: ``[(file name, keys)]``; x is the iteration.
+        min_interval_s (float): the least time between two drawings.
+        log_report (str): the name of the LogReport extension.
+    """
+
+    priority = extension.PRIORITY_READER - 10   # after LogReport at the same iteration
+
+    def __init__(self, plots, min_interval_s=300, log_report='LogReport'):
+        self.plots = [(name, tuple(keys)) for name, keys in plots]
+        self.min_interval_s = min_interval_s
+        self.log_report = log_report
+        self._last = None
+
+    def __call__(self, trainer):
+        now = time.perf_counter()
+        final = _at_end(trainer)
+        if not final and self._last is not None and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        self.draw(trainer.get_extension(self.log_report).log, trainer.out)
+
+    def draw(self, log, out):
+        """Write every plot of ``log`` into ``out`` (each PNG replaced atomically)."""
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        for file_name, keys in self.plots:
+            figure, axes = plt.subplots()
+            for key in keys:
+                points = [(entry['iteration'], entry[key]) for entry in log if key in entry]
+                if points:
+                    x, y = zip(*points)
+                    axes.plot(x, y, marker='x', label=key)
+            axes.set_xlabel('iteration')
+            axes.grid(True)
+            if axes.has_data():
+                axes.legend(loc='best')
+            temp = os.path.join(out, '.tmp-' + file_name)
+            figure.savefig(temp, format='png', bbox_inches='tight')
+            plt.close(figure)
+            os.replace(temp, os.path.join(out, file_name))
+
+
+def _at_end(trainer):
+    """Whether this iteration is the last of the launch (without calling the stop trigger)."""
+    stop = trainer.stop_trigger
+    end = getattr(stop, 'end', None)
+    if end is None:
+        length, unit = stop.get_training_length()
+        end = length if unit == 'iteration' else None
+    return end is not None and trainer.updater.iteration >= end
+
+
+class StopOnSignal(extension.Extension):
+    """Stop every rank after the current iteration when any rank receives ``signum``.
+
+    For wall-time limits: the scheduler (Slurm's ``--signal=B:USR1@T``) warns
+    the job before killing it; the job script forwards the signal to the
+    ranks. The handler only sets a flag; each iteration one small allreduce
+    (MAX) tells every rank whether any rank was signalled, so all stop at the
+    same iteration. Then the chunk stop is moved to this iteration: the
+    snapshot trigger fires (it includes the chunk end) and the trainer stops
+    cleanly. Priority above the BN statistics allreduce and the snapshot, so
+    they see the new end at the same iteration.
+
+    Args:
+        comm: the ChainerMN communicator.
+        chunk_stop (ChunkStopTrigger): the trainer's stop trigger.
+        signum: the signal (default SIGUSR1).
+    """
+
+    trigger = 1, 'iteration'
+    priority = extension.PRIORITY_WRITER + 20
+
+    def __init__(self, comm, chunk_stop, signum=signal.SIGUSR1):
+        self.comm = comm
+        self.chunk_stop = chunk_stop
+        self.signum = signum
+        self.requested = False
+        self.stopped_by = None
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def initialize(self, trainer):
+        self._previous = signal.signal(self.signum, self._handle)
+
+    def __call__(self, trainer):
+        from mpi4py import MPI
+        if self.comm.mpi_comm.allreduce(int(self.requested), op=MPI.MAX):
+            self.chunk_stop.end = trainer.updater.iteration
+            self.stopped_by = signal.Signals(self.signum).name
+
+    def finalize(self):
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
 
 
 def _hyperparameter(trainer, name):

@@ -24,7 +24,8 @@ def test_points_at_fractional_intervals_and_the_end():
 
 def test_extend_reporting_logs_prints_and_plots_the_scheduled_names(tmp_path, tiny_trainer):
     trainer, _ = tiny_trainer()
-    plots = cr_ext.extend_reporting(trainer, 2, ('lr', 'alpha_sgd'), progress_bar=False)
+    plots = cr_ext.extend_reporting(trainer, 2, ('lr', 'alpha_sgd'),
+                                    plot_trigger=(2, 'iteration'), progress_bar=False)
     assert plots == ['loss.png', 'accuracy.png', 'lr.png']
     trainer.run()
     log = trainer.get_extension('LogReport').log
@@ -38,7 +39,8 @@ def test_extend_reporting_logs_prints_and_plots_the_scheduled_names(tmp_path, ti
 
 def test_extend_reporting_without_a_warmup_has_no_alpha_column(tmp_path, tiny_trainer):
     trainer, _ = tiny_trainer(stop=2)
-    cr_ext.extend_reporting(trainer, 2, ('lr',), progress_bar=False)
+    cr_ext.extend_reporting(trainer, 2, ('lr',), plot_trigger=(2, 'iteration'),
+                            progress_bar=False)
     trainer.run()
     assert 'alpha_sgd' not in trainer.get_extension('LogReport').log[-1]
     assert 'alpha_sgd' not in trainer.get_extension('ResumablePrintReport')._entries
@@ -73,3 +75,55 @@ def test_bn_statistics_check_stops_on_non_finite_averaged_statistics():
     trainer = types.SimpleNamespace(updater=types.SimpleNamespace(iteration=7))
     with pytest.raises(TrainingDiverged, match=r'iteration 7: .*BN statistics.*\(first: /1\)'):
         sync(trainer)
+
+
+class _OneRank:
+    """The communicator surface StopOnSignal uses, for one process."""
+
+    class mpi_comm:
+        @staticmethod
+        def allreduce(value, op=None):
+            return value
+
+
+def test_a_signal_stops_the_launch_at_the_next_iteration_with_a_snapshot(tiny_trainer):
+    import os
+    import signal
+    trainer, _ = tiny_trainer(stop=100)
+    stop = cr_ext.ChunkStopTrigger(8)
+    trainer.stop_trigger = stop
+    ext = cr_ext.StopOnSignal(_OneRank(), stop)
+    trainer.extend(ext)
+    snapshots_at = []
+    trainer.extend(lambda t: snapshots_at.append(t.updater.iteration),
+                   trigger=cr_ext.PointsTrigger([8], stop), name='fake_snapshot')
+
+    def send_at_2(t):
+        if t.updater.iteration == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+    trainer.extend(send_at_2, name='sender', priority=-1000)
+    before = signal.getsignal(signal.SIGUSR1)
+    trainer.run()
+    assert trainer.updater.iteration == 3 and ext.stopped_by == 'SIGUSR1'
+    assert snapshots_at == [3]                        # the chunk end moved: a snapshot there
+    assert signal.getsignal(signal.SIGUSR1) is before  # the handler is restored
+    # Negative control: without the signal the launch runs to its end.
+    trainer, _ = tiny_trainer(stop=100)
+    stop = cr_ext.ChunkStopTrigger(8)
+    trainer.stop_trigger = stop
+    trainer.extend(cr_ext.StopOnSignal(_OneRank(), stop))
+    trainer.run()
+    assert trainer.updater.iteration == 8
+
+
+def test_plots_are_drawn_at_most_every_interval_and_at_the_end(tiny_trainer, tmp_path):
+    trainer, _ = tiny_trainer(stop=6)
+    cr_ext.extend_reporting(trainer, 1, ('lr',), plot_trigger=(1, 'iteration'),
+                            progress_bar=False, plot_interval_s=3600)
+    drawn = []
+    plots = trainer.get_extension('LogPlots')
+    real = plots.draw
+    plots.draw = lambda log, out: (drawn.append(len(log)), real(log, out))
+    trainer.run()
+    assert drawn == [1, 6]          # the first point, then only the end of the launch
+    assert (tmp_path / 'lr.png').read_bytes()[:4] == b'\x89PNG'

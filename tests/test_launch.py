@@ -126,3 +126,49 @@ def test_world_size_guard_stops_a_mismatched_launch(tmp_path, data_cache):
                                  'expected_workers=4'))
     assert code != 0
     assert 'written for 4 workers but 2 process(es) were started' in text
+
+
+def _rank_pids(out):
+    """PIDs of the trainer processes whose command line names `out`."""
+    pids = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            try:
+                with open('/proc/{}/cmdline'.format(name), 'rb') as f:
+                    cmdline = f.read().split(b'\0')
+            except OSError:
+                continue
+            if b'train_imagenet.py' in b' '.join(cmdline) and str(out).encode() in cmdline \
+                    and not os.path.basename(cmdline[0]).startswith(b'mpiexec'):
+                pids.append(int(name))
+    return pids
+
+
+def test_sigusr1_to_one_rank_stops_every_rank_with_a_snapshot(tmp_path, data_cache):
+    out = tmp_path / 'run'
+    cmd = trainer_cmd(out, data_cache, '--set', 'epochs=4', '--set', 'log_interval_iters=1')
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (out / 'log').exists():          # training has started on every rank
+            assert proc.poll() is None and time.time() < deadline, 'no log within 240 s'
+            time.sleep(0.2)
+        pids = _rank_pids(out)
+        assert len(pids) == 2, pids
+        os.kill(pids[1], signal.SIGUSR1)            # the warning reaches one rank only
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, text
+    stopped = re.search(r'Stopped by SIGUSR1 at iteration (\d+)/16', text)
+    assert stopped, text
+    status = json.loads((out / 'status.json').read_text())
+    assert status['stopped'] == 'SIGUSR1' and status['complete'] is False
+    assert (out / 'snapshot_iter_{}.0'.format(stopped.group(1))).exists()
+    code, text = run(trainer_cmd(out, data_cache, '--set', 'epochs=4',
+                                 '--set', 'log_interval_iters=1'))
+    assert code == 0, text
+    assert json.loads((out / 'status.json').read_text())['complete'] is True
