@@ -69,7 +69,7 @@ def slow_start_lr(epoch, base_lr, total_epochs=90):
     """Akiba et al.'s piecewise-constant ("slow-start") learning rate (§2).
 
     ``base_lr`` is eta_base = 0.1 * global_batch / 256 (12.8 for 32,768; see
-    :func:`linear_scaled_lr`). Intervals are left-closed; their ends are at
+    :meth:`chainer_resnet.recipes.Recipe.base_lr`). Intervals are left-closed; their ends are at
     40, 70 and 85 epochs of 90 and scale with ``total_epochs``::
 
         [0, 40)  0.5 eta_base      [40, 70)  0.075 eta_base
@@ -107,11 +107,6 @@ def goyal_lr(epoch, base_lr, warmup_epochs=5, milestones=(30, 60, 80),
         ramp = start_lr + (base_lr - start_lr) * e / warmup_epochs
         value = numpy.where(e < warmup_epochs, ramp, value)
     return _result(value, epoch)
-
-
-def linear_scaled_lr(global_batch, per_256=0.1):
-    """Linear scaling rule: ``per_256 * global_batch / 256`` (12.8 for 32,768)."""
-    return per_256 * (global_batch / 256)
 
 
 def progress_epochs(iteration, iters_per_epoch, whole_epochs=False):

@@ -19,6 +19,15 @@ def test_paper_derived_quantities():
     assert s['total_iters'] == 3519
 
 
+def test_linear_scaling_rule():
+    # Moved from schedules.linear_scaled_lr, which only the tests used: the
+    # recipe owns the rule (eta_base = lr_per_256 * global_batch / 256).
+    assert AKIBA2017.base_lr(1024) == pytest.approx(12.8, rel=1e-15)     # 32,768 images
+    assert AKIBA2017.base_lr(8) == pytest.approx(0.1, rel=1e-15)         # 256 images
+    assert recipes.resolve('akiba2017', ['lr_per_256=0.2']).base_lr(256) == \
+        pytest.approx(6.4, rel=1e-15)                                     # 8,192 images
+
+
 def test_paper_recipe_fields():
     r = AKIBA2017
     assert (r.batch_per_worker, r.expected_workers, r.epochs) == (32, 1024, 90)

@@ -18,8 +18,7 @@ from chainer.training import extensions
 
 from chainer_resnet.optimizers import RMSpropWarmup
 from chainer_resnet.schedules import (
-    HyperparameterSchedule, alpha_sgd, goyal_lr, linear_scaled_lr,
-    progress_epochs, slow_start_lr)
+    HyperparameterSchedule, alpha_sgd, goyal_lr, progress_epochs, slow_start_lr)
 
 IPE = 39  # iterations per epoch
 IMAGENET_IPE = 1281167 / 32768  # 39.0981...
@@ -139,7 +138,7 @@ def test_slow_start_lr_accepts_arrays():
 
 
 # --------------------------------------------------------------------------
-# goyal_lr, linear_scaled_lr, progress_epochs
+# goyal_lr, progress_epochs
 
 
 @pytest.mark.parametrize('e, lr', [
@@ -160,12 +159,6 @@ def test_goyal_lr_options():
     assert goyal_lr(1.0, 3.2, warmup_epochs=2, start_lr=0.2) == pytest.approx(1.7)
     assert goyal_lr(10.0, 3.2, milestones=(5, 8), gamma=0.5) == pytest.approx(0.8)
     assert goyal_lr(10.0, 3.2, milestones=()) == pytest.approx(3.2)
-
-
-def test_linear_scaled_lr():
-    assert linear_scaled_lr(32768) == pytest.approx(12.8, rel=1e-15)
-    assert linear_scaled_lr(256) == pytest.approx(0.1, rel=1e-15)
-    assert linear_scaled_lr(8192, per_256=0.2) == pytest.approx(6.4, rel=1e-15)
 
 
 def test_progress_epochs():
