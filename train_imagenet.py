@@ -15,6 +15,7 @@ resumes from the newest snapshot in ``--out``.
 """
 
 import argparse
+import collections
 import os
 import sys
 
@@ -118,8 +119,10 @@ def main(argv=None):
     try:
         run(argv)
     except USER_ERRORS as e:
-        # A user error: say it without a traceback, and end every rank.
-        print('error: {}'.format(e), file=sys.stderr, flush=True)
+        # A user error: say it without a traceback (once, if every rank has
+        # the same one: communication.from_rank0), and end every rank.
+        if getattr(e, 'collective_rank', 0) == 0:
+            print('error: {}'.format(e), file=sys.stderr, flush=True)
         communication.abort_if_distributed(2)
         return 2
     except Diverged as e:
@@ -152,15 +155,10 @@ def run(argv=None):
     device = _device(args.device, comm)
     device.use()
 
-    # 3. Data: every rank opens the same dataset description; the demo
-    #    dataset is built once per node (a file lock serialises the ranks).
-    train_path, val_path, root = _dataset_paths(args)
-    train_base = layouts.open_dataset(train_path, root, recipe.num_classes)
-    val_base = layouts.open_dataset(val_path, root, recipe.num_classes,
-                                    classes=getattr(train_base, 'classes', None))
-    train_ids = sampling.subset(len(train_base), recipe.train_subset, recipe.seed)
-    val_ids = sampling.subset(len(val_base), recipe.val_subset, recipe.seed)
-    n_train = len(train_ids)
+    # 3. Data: rank 0 reads the index, every rank takes and checks its shard
+    #    (open_data: start-up costs per rank that do not grow with the ranks).
+    data = open_data(args, recipe, comm)
+    n_train = len(data.train_ids)
     sched = schedules.from_recipe(recipe, comm.size, n_train)
     ipe, total_iters = sched.iters_per_epoch, sched.total_iters
 
@@ -186,22 +184,17 @@ def run(argv=None):
     model = L.Classifier(predictor)
     model.to_device(device)
 
-    # 6. Scatter indices, not data: each rank reads its own images.
-    #    Training indices are shuffled before they are split (list files are
-    #    usually sorted by class); validation is split as it is, exactly once.
-    train_local = sampling.scatter_indices(
-        train_ids, comm.size, comm.rank, equal=True, shuffle_seed=recipe.seed)
-    val_local = sampling.scatter_indices(val_ids, comm.size, comm.rank, equal=False)
+    # 6. Each rank reads its own images (indices were scattered, not data).
     train_tf, val_tf = transforms.from_recipe(recipe)
-    train_set = sampling.AugmentedDataset(train_base, train_tf, recipe.seed,
-                                          indices=train_local)
-    val_set = sampling.AugmentedDataset(val_base, val_tf, recipe.seed, indices=val_local)
+    train_set = sampling.AugmentedDataset(data.train_base, train_tf, recipe.seed,
+                                          indices=data.train_local)
+    val_set = sampling.AugmentedDataset(data.val_base, val_tf, recipe.seed,
+                                        indices=data.val_local)
     sampler = sampling.EpochOrderSampler(len(train_set), recipe.seed)
     train_iter, val_iter = loader.iterators(train_set, val_set, recipe.batch_per_worker,
                                             sampler, args.loaderjobs)
     if args.check_images:
-        _check_images(comm, train_base, train_local, val_base, val_local,
-                      args.skip_bad_images)
+        _check_images(comm, data, args.skip_bad_images)
 
     # 7. Optimizer: gradients averaged over ranks (fp16 on the wire with
     #    pure_nccl), then weight decay, then the update (docs/method.md §1, §5).
@@ -273,8 +266,42 @@ def _device(name, comm):
     """The Chainer device of this rank: 'cpu', 'gpu' (by node-local rank) or a GPU id."""
     if name == 'cpu':
         return chainer.get_device('@numpy')
-    gpu_id = communication.select_gpu(comm) if name == 'gpu' else int(name)
+    gpu_id = communication.select_gpu(comm, explicit=None if name == 'gpu' else int(name))
     return chainer.get_device('@cupy:{}'.format(gpu_id))
+
+
+Data = collections.namedtuple(
+    'Data', 'train_base val_base train_ids val_ids train_local val_local')
+
+
+def open_data(args, recipe, comm):
+    """The datasets and this rank's shards, at a cost per rank that does not grow with the ranks.
+
+    Rank 0 alone reads the list files (or walks the class folders) and the
+    index reaches every rank in one broadcast (a dataset error ends every rank
+    with rank 0's message). Every rank then takes its shard: training indices
+    are shuffled before they are split (list files are usually sorted by
+    class) and padded to equal length; validation indices are split in
+    disjoint blocks, each image exactly once. Each rank checks that the files
+    of its own shards exist (the demo dataset is built once per node under a
+    file lock).
+    """
+    train_path, val_path, root = _dataset_paths(args)
+
+    def index():
+        train = layouts.open_dataset(train_path, root, recipe.num_classes, check_files=False)
+        val = layouts.open_dataset(val_path, root, recipe.num_classes, check_files=False,
+                                   classes=getattr(train, 'classes', None))
+        return train, val
+    train_base, val_base = communication.from_rank0(comm, index)
+    train_ids = sampling.subset(len(train_base), recipe.train_subset, recipe.seed)
+    val_ids = sampling.subset(len(val_base), recipe.val_subset, recipe.seed)
+    train_local = sampling.scatter_indices(
+        train_ids, comm.size, comm.rank, equal=True, shuffle_seed=recipe.seed)
+    val_local = sampling.scatter_indices(val_ids, comm.size, comm.rank, equal=False)
+    train_base.check_files(numpy.unique(train_local))
+    val_base.check_files(val_local)
+    return Data(train_base, val_base, train_ids, val_ids, train_local, val_local)
 
 
 def _dataset_paths(args):
@@ -295,11 +322,11 @@ def _chunk_iters(args, ipe):
     return None
 
 
-def _check_images(comm, train_base, train_local, val_base, val_local, max_bad):
+def _check_images(comm, data, max_bad):
     """--check-images: each rank reads its shards once; all stop together if too many fail."""
     bad = []
-    for base, indices, what in ((train_base, train_local, 'training'),
-                                (val_base, val_local, 'validation')):
+    for base, indices, what in ((data.train_base, data.train_local, 'training'),
+                                (data.val_base, data.val_local, 'validation')):
         found = loader.check_images(base, numpy.unique(indices))
         for index, path, error in found:
             print('rank {}: unreadable {} image {} (index {}): {}'.format(

@@ -11,27 +11,37 @@ page cache), in one run:
 
 - ``decode``: PIL ``Image.open`` + ``load`` only;
 - ``read_image``: our decode + ``convert('RGB')`` + array;
-- ``ours``: ``read_image`` + ``TrainTransform(224)`` through
-  ``AugmentedDataset`` (the trainer's dataset), in this process, then through
-  Chainer's ``MultiprocessIterator`` with 1 and 2 loader processes, batch 32,
-  ``EpochOrderSampler``, forkserver workers, and ``concat_examples`` in the
-  main process (what the updater does with each batch), as
-  ``train_imagenet.py`` builds them;
+- ``ours, uint8`` (the trainer's path): ``PILImages`` (decoded PIL images)
+  + ``TrainTransform(224, normalize=False)`` through ``AugmentedDataset``, in
+  this process, then through Chainer's ``MultiprocessIterator`` with 1 and 2
+  loader processes, batch 32, ``EpochOrderSampler``, forkserver workers, as
+  ``train_imagenet.py`` builds them, and in the main process either
+  ``concat_examples`` (what the host does when ``loader.Normalize``
+  normalises on a GPU) or ``loader.Normalize`` on the CPU (NumPy, in the
+  main process: CPU training);
+- ``ours`` (float32): ``read_image`` arrays + ``TrainTransform(224)``,
+  normalised in the loader processes, + ``concat_examples``;
+- ``before``: the same with the transform as phase 1 of issue 13 measured it
+  (``PhaseOneTrainTransform``, kept here only to be measured beside ours:
+  the whole image as an array, the crop copied out, five float32 passes);
 - ``torchvision`` (when torch is importable): ``ImageFolder`` over the same
   files, ``RandomResizedCrop(224)``, ``RandomHorizontalFlip``, ``ToTensor``,
   ``Normalize``, in this process and through ``torch.utils.data.DataLoader``
   with the same worker counts and batch 32.
 
+All our rows give bit-identical images for the same (seed, epoch, index)
+(the stage re-runs check it on every image they time).
+
 "Per core" is images per CPU-second of every process involved (this one,
 the forkserver, the loader workers; read from ``/proc``), so a busy machine
 slows the wall-clock rate more than the per-core one. Then: what each stage
-of the two transforms costs (CPU ms per image, the stages re-run one by one,
-checked to give our transform's exact output), what moving a batch between
-processes costs, a short cProfile of our transform, and two measured
-what-ifs that the pipeline does not do (JPEG draft decoding, uint8 through
-the iterator). The goals (issue 13): ours >= 1.2x torchvision per core, and
->= 126 images/s per core end to end (2 x the 63 per core the paper needs).
-Numbers are recorded in benchmarks/README.md.
+costs (CPU ms per image, the stages re-run one by one, checked to give the
+transforms' exact output) before and now, and torchvision's, what moving a
+batch between processes costs, a short cProfile of our transform, and a
+what-if the pipeline does not do (JPEG draft decoding). The goals (issue
+13): ours >= 1.2x torchvision per core, and >= 126 images/s per core end to
+end (2 x the 63 per core the paper needs). Numbers are recorded in
+benchmarks/README.md.
 """
 
 import argparse
@@ -55,7 +65,7 @@ import chainer_resnet  # noqa: F401  (chainer compatibility hook first)
 import chainer
 
 from chainer_resnet import communication
-from chainer_resnet.data import layouts, sampling, transforms
+from chainer_resnet.data import layouts, loader, sampling, transforms
 
 import photos
 
@@ -66,6 +76,7 @@ CROP = 224
 BATCH = 32
 _TICK = os.sysconf('SC_CLK_TCK')
 _BILINEAR = getattr(Image, 'Resampling', Image).BILINEAR
+_MIRROR = getattr(Image, 'Transpose', Image).FLIP_LEFT_RIGHT
 
 Row = collections.namedtuple('Row', 'name workers images wall cpu main_cpu')
 
@@ -122,20 +133,54 @@ class Meter(object):
 # ---- our pipeline --------------------------------------------------------------------
 
 def train_transform():
+    """Ours, float32 out (as the trainer was wired before the converter)."""
     return transforms.TrainTransform(CROP, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 
 
 class Uint8TrainTransform(transforms.TrainTransform):
-    """What-if only (not the trainer's transform): the same crop and flip, but
-    uint8 CHW out, leaving the normalisation to the device."""
+    """Ours, uint8 out (the trainer's, with ``loader.Normalize``)."""
 
-    def normalize(self, image):
-        return numpy.ascontiguousarray(image.transpose(2, 0, 1))
+    def __init__(self, crop_size, mean, std, **kwargs):
+        super().__init__(crop_size, mean, std, normalize=False, **kwargs)
 
 
-def our_dataset(photo_set, transform):
+class PhaseOneTrainTransform(transforms.TrainTransform):
+    """Before: TrainTransform as phase 1 of issue 13 measured it, not ours any
+    more, kept to be measured beside ours. An RGB array in; the crop copied out
+    of it, resized in PIL, flipped, then five float32 passes over HWC. Step by
+    step so that our_stages can time each."""
+
+    def crop(self, image, rng):
+        top, left, h, w = transforms.sample_crop_box(
+            image.shape[0], image.shape[1], self.scale, self.ratio, rng)
+        return numpy.ascontiguousarray(image[top:top + h, left:left + w])
+
+    def resize(self, crop):
+        return numpy.asarray(Image.fromarray(crop).resize((self.crop_size, self.crop_size),
+                                                          _BILINEAR))
+
+    def mirror(self, out, rng):
+        return out[:, ::-1] if self.flip and rng.random() < 0.5 else out
+
+    def normalize(self, out):
+        x = out.astype(numpy.float32) / numpy.float32(255)
+        x -= numpy.asarray(self.mean, dtype=numpy.float32)
+        x /= numpy.asarray(self.std, dtype=numpy.float32)
+        return numpy.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def __call__(self, image, rng):
+        return self.normalize(self.mirror(self.resize(self.crop(image, rng)), rng))
+
+    @classmethod
+    def like(cls, t):
+        return cls(t.crop_size, t.mean, t.std, scale=t.scale, ratio=t.ratio, flip=t.flip)
+
+
+def our_dataset(photo_set, transform, pil=False):
+    """(base, dataset, sampler); ``pil``: read through ``loader.PILImages``."""
     base = layouts.ListDataset(photo_set.list_path, photo_set.root)
-    dataset = sampling.AugmentedDataset(base, transform, seed=0)
+    images = loader.PILImages(base) if pil else base
+    dataset = sampling.AugmentedDataset(images, transform, seed=0)
     return base, dataset, sampling.EpochOrderSampler(len(dataset), seed=0)
 
 
@@ -148,66 +193,78 @@ def measure_in_process(name, function, items):
     return meter.row(name, 0, len(items))
 
 
-def measure_multiprocess(name, dataset, sampler, workers, batches, warmup):
+def measure_multiprocess(name, dataset, sampler, workers, batches, warmup,
+                         converter=chainer.dataset.concat_examples):
     it = chainer.iterators.MultiprocessIterator(
         dataset, BATCH, n_processes=workers, order_sampler=sampler)
     try:
         for _ in range(warmup):
-            chainer.dataset.concat_examples(it.next())
+            converter(it.next())
         meter = Meter()
         meter.start()
         for _ in range(batches):
-            x, t = chainer.dataset.concat_examples(it.next())
+            x, t = converter(it.next())
         meter.stop()
     finally:
         it.finalize()
     return meter.row(name, workers, batches * BATCH), x.nbytes
 
 
-def our_stages(base, transform, order, n_images, draft_lever=True):
-    """CPU seconds per stage of read_image + TrainTransform, re-run step by step
-    with the generators AugmentedDataset uses; checked against the transform."""
-    stages = collections.OrderedDict((k, 0.0) for k in (
-        'read file', 'decode (PIL)', 'RGB convert + array', 'crop box + copy',
-        'resize to 224 (PIL bilinear)', 'flip', 'normalise + CHW (float32)'))
-    draft = {'full decode': 0.0, 'draft decode': 0.0, 'reduced': 0}
+def _staged_images(base, order, n_images, clock):
+    """For the first `n_images` of `order`: (path, generator AugmentedDataset
+    seeds for it, file bytes, decoded PIL image, read s, decode s)."""
     size = len(base)
-    clock = time.process_time
     for index in order[:n_images]:
         tag, pos = divmod(int(index), size)
         path = base.paths[pos]
-        rng = numpy.random.default_rng([0, tag, pos])
         t0 = clock()
         with open(path, 'rb') as f:
             data = f.read()
         t1 = clock()
         img = Image.open(io.BytesIO(data))
         img.load()
+        yield path, [0, tag, pos], data, img, t1 - t0, clock() - t1
+
+
+def _add(stages, times):
+    for key, dt in zip(stages, times):
+        stages[key] += dt
+
+
+def our_stages(base, transform, order, n_images, draft_lever=True):
+    """Before: CPU seconds per stage of read_image + phase 1's TrainTransform,
+    re-run step by step with the generators AugmentedDataset uses, each image
+    checked against ours (`transform`, float32): the same bits."""
+    old = PhaseOneTrainTransform.like(transform)
+    stages = collections.OrderedDict((k, 0.0) for k in (
+        'read file', 'decode (PIL)', 'RGB convert + array', 'crop box + copy',
+        'resize to 224 (PIL bilinear)', 'flip', 'normalise + CHW (float32)'))
+    draft = {'full decode': 0.0, 'draft decode': 0.0, 'reduced': 0}
+    clock = time.process_time
+    for path, seed, data, img, read_s, decode_s in _staged_images(base, order, n_images,
+                                                                  clock):
+        rng = numpy.random.default_rng(seed)
         t2 = clock()
         image = numpy.array(img.convert('RGB'), dtype=numpy.uint8)
         t3 = clock()
-        top, left, h, w = transforms.sample_crop_box(
-            image.shape[0], image.shape[1], transform.scale, transform.ratio, rng)
-        crop = numpy.ascontiguousarray(image[top:top + h, left:left + w])
+        crop = old.crop(image, rng)
         t4 = clock()
-        out = numpy.asarray(Image.fromarray(crop).resize((CROP, CROP), _BILINEAR))
+        out = old.resize(crop)
         t5 = clock()
-        if transform.flip and rng.random() < 0.5:
-            out = out[:, ::-1]
+        out = old.mirror(out, rng)
         t6 = clock()
-        x = transform.normalize(out)
+        x = old.normalize(out)
         t7 = clock()
-        for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4,
-                                    t6 - t5, t7 - t6)):
-            stages[key] += dt
-        expected = transform(layouts.read_image(path),
-                             numpy.random.default_rng([0, tag, pos]))
+        _add(stages, (read_s, decode_s, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6))
+        expected = transform(layouts.read_image(path), numpy.random.default_rng(seed))
         if not numpy.array_equal(x, expected):
-            raise AssertionError('stage re-run differs from TrainTransform for ' + path)
+            raise AssertionError('phase 1 stage re-run differs from TrainTransform for '
+                                 + path)
         if draft_lever:
             # What-if: libjpeg's DCT scaling (1/2, 1/4, 1/8) to the smallest
             # size that keeps the crop box at least 224 px on each side.
-            need = (math.ceil(img.size[0] * CROP / w), math.ceil(img.size[1] * CROP / h))
+            need = (math.ceil(img.size[0] * CROP / crop.shape[1]),
+                    math.ceil(img.size[1] * CROP / crop.shape[0]))
             d0 = clock()
             full = Image.open(io.BytesIO(data))
             full.load()
@@ -221,6 +278,43 @@ def our_stages(base, transform, order, n_images, draft_lever=True):
             draft['reduced'] += small.size != full.size
     n = min(n_images, len(order))
     return {k: v / n for k, v in stages.items()}, draft, n
+
+
+def pil_stages(base, transform, order, n_images):
+    """Ours now: CPU seconds per stage of PILImages + TrainTransform(normalize=False),
+    re-run step by step, each image checked against `transform`'s uint8 output;
+    and, apart, the float32 normalisation that loader.Normalize does (on the
+    device when training on a GPU, in the main process on a CPU)."""
+    stages = collections.OrderedDict((k, 0.0) for k in (
+        'read file', 'decode (PIL)', 'crop box', 'crop (PIL) + RGB convert',
+        'resize to 224 (PIL bilinear)', 'flip (PIL) + planes to array (uint8 CHW)'))
+    normalise = 0.0
+    clock = time.process_time
+    for path, seed, _, img, read_s, decode_s in _staged_images(base, order, n_images, clock):
+        rng = numpy.random.default_rng(seed)
+        t2 = clock()
+        top, left, h, w = transforms.sample_crop_box(
+            img.size[1], img.size[0], transform.scale, transform.ratio, rng)
+        t3 = clock()
+        crop = img.crop((left, top, left + w, top + h))
+        crop = crop if crop.mode == 'RGB' else crop.convert('RGB')
+        t4 = clock()
+        out = crop.resize((transform.crop_size, transform.crop_size), _BILINEAR)
+        t5 = clock()
+        if transform.flip and rng.random() < 0.5:
+            out = out.transpose(_MIRROR)
+        x = numpy.stack([numpy.frombuffer(out.tobytes('raw', band), numpy.uint8)
+                         for band in 'RGB']).reshape(3, out.size[1], out.size[0])
+        t6 = clock()
+        transforms.normalize(x, transform.mean, transform.std)
+        normalise += clock() - t6
+        _add(stages, (read_s, decode_s, t3 - t2, t4 - t3, t5 - t4, t6 - t5))
+        expected = transform(layouts.read_image(path, as_array=False),
+                             numpy.random.default_rng(seed))
+        if not numpy.array_equal(x, expected):
+            raise AssertionError('stage re-run differs from TrainTransform for ' + path)
+    n = min(n_images, len(order))
+    return {k: v / n for k, v in stages.items()}, normalise / n
 
 
 def short_profile(function, items, top=10):
@@ -345,6 +439,22 @@ def machine_line():
         platform.python_version(), numpy.__version__, PIL.__version__, chainer.__version__)
 
 
+OURS_UINT8 = 'ours, uint8: MultiprocessIterator + concat_examples (the device normalises)'
+OURS_UINT8_CPU = 'ours, uint8: MultiprocessIterator + Normalize on the CPU'
+OURS_FLOAT = 'ours: MultiprocessIterator + concat_examples'
+BEFORE = 'before (phase 1): MultiprocessIterator + concat_examples'
+TORCH = 'torchvision DataLoader'
+
+
+def goal_line(label, row, torch_row):
+    line = '    {}: {:.1f}/core = {:.2f}x the {:.0f}/core goal'.format(
+        label, per_core(row), per_core(row) / GOAL_PER_CORE, GOAL_PER_CORE)
+    if torch_row is not None:
+        line += '; / torchvision = {:.2f}x (goal >= {}x)'.format(
+            per_core(row) / per_core(torch_row), GOAL_VS_TORCHVISION)
+    return line
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--count', type=int, default=512, help='photographs in the set')
@@ -370,8 +480,13 @@ def main(argv=None):
     # As train_imagenet.py does before anything else when it has loader processes.
     communication.start_forkserver()
 
+    mean, std = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
     tf = train_transform()
     base, dataset, sampler = our_dataset(photo_set, tf)
+    u8_tf = Uint8TrainTransform(CROP, mean, std)
+    _, u8_set, u8_sampler = our_dataset(photo_set, u8_tf, pil=True)
+    _, f32_set, f32_sampler = our_dataset(photo_set, tf, pil=True)
+    _, old_set, old_sampler = our_dataset(photo_set, PhaseOneTrainTransform.like(tf))
     order = sampler(numpy.arange(len(dataset)), 0)   # epoch 1's indices (tag 1)
     paths = base.paths
     rows = []
@@ -385,18 +500,12 @@ def main(argv=None):
                                    paths))
     rows.append(measure_in_process('ours: read_image + TrainTransform(224)',
                                    dataset.get_example, order))
-    nbytes = {}
-    for n in workers:
-        row, nbytes['float32'] = measure_multiprocess(
-            'ours: MultiprocessIterator + concat_examples', dataset, sampler, n,
-            args.batches, args.warmup)
-        rows.append(row)
-    _, u8_set, u8_sampler = our_dataset(photo_set, Uint8TrainTransform(
-        CROP, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD))
-    row, nbytes['uint8'] = measure_multiprocess(
-        'what-if, not ours: the same, uint8 out', u8_set, u8_sampler, workers[0],
-        args.batches, args.warmup)
-    rows.append(row)
+    rows.append(measure_in_process('ours, uint8: PILImages + TrainTransform(224, '
+                                   'normalize=False)', u8_set.get_example, order))
+    rows.append(measure_in_process('ours, float32: PILImages + TrainTransform(224)',
+                                   f32_set.get_example, order))
+    rows.append(measure_in_process('before (phase 1): read_image + TrainTransform(224)',
+                                   old_set.get_example, order))
 
     tv, why_not = (None, 'skipped (--no-torch)') if args.no_torch else torchvision_pipeline()
     if tv is not None:
@@ -407,73 +516,96 @@ def main(argv=None):
         tv_order = numpy.random.default_rng(0).permutation(len(tv_set))
         rows.append(measure_in_process('torchvision: ImageFolder + transforms',
                                        tv_set.__getitem__, tv_order))
-        for n in workers:
+
+    nbytes = {}
+    normalize = loader.Normalize(mean, std)
+    for n in workers:
+        # Side by side for each worker count, ours first, torchvision last.
+        for name, data, smp, converter, key in (
+                (OURS_UINT8, u8_set, u8_sampler, chainer.dataset.concat_examples, 'uint8'),
+                (OURS_UINT8_CPU, u8_set, u8_sampler, normalize, None),
+                (OURS_FLOAT, f32_set, f32_sampler, chainer.dataset.concat_examples,
+                 'float32'),
+                (BEFORE, old_set, old_sampler, chainer.dataset.concat_examples, None)):
+            row, size = measure_multiprocess(name, data, smp, n, args.batches, args.warmup,
+                                             converter)
+            rows.append(row)
+            if key:
+                nbytes[key] = size
+        if tv is not None:
             rows.append(measure_dataloader(tv, tv_set, n, args.batches, args.warmup))
 
     print('\nthroughput (batch {}, {} timed batches per iterator row after {} untimed):'
           .format(BATCH, args.batches, args.warmup))
     print_rows(rows)
 
-    ours_end = {r.workers: r for r in rows
-                if r.name.startswith('ours: Multiprocess')}
-    theirs_end = {r.workers: r for r in rows if r.name == 'torchvision DataLoader'}
-    ours_in = next(r for r in rows if r.name.startswith('ours: read_image'))
+    def end_to_end(name):
+        return {r.workers: r for r in rows if r.name == name}
+
+    ours_end = end_to_end(OURS_UINT8)
+    theirs_end = end_to_end(TORCH)
     print('\ngoals (per core = images per CPU-second):')
-    for n, r in sorted(ours_end.items()):
-        line = '  {} loader process(es): ours {:.1f}/core = {:.2f}x the {:.0f}/core goal'.format(
-            n, per_core(r), per_core(r) / GOAL_PER_CORE, GOAL_PER_CORE)
-        if n in theirs_end:
-            ratio = per_core(r) / per_core(theirs_end[n])
-            line += '; ours / torchvision = {:.2f}x (goal >= {}x)'.format(
-                ratio, GOAL_VS_TORCHVISION)
-        print(line)
+    for n in sorted(ours_end):
+        print('  {} loader process(es):'.format(n))
+        for label, name in (('ours (uint8; the device normalises)', OURS_UINT8),
+                            ('ours, Normalize on the CPU in the main process', OURS_UINT8_CPU),
+                            ('ours, float32 from the workers (PILImages)', OURS_FLOAT),
+                            ('before (phase 1)', BEFORE)):
+            print(goal_line(label, end_to_end(name)[n], theirs_end.get(n)))
+    in_process = {r.name.split(':')[0]: r for r in rows if not r.workers}
     if tv is None:
         print('  torchvision: ' + why_not)
     else:
-        tv_in = next(r for r in rows if r.name.startswith('torchvision: ImageFolder'))
-        print('  in process: ours / torchvision = {:.2f}x per core'.format(
-            per_core(ours_in) / per_core(tv_in)))
+        tv_in = in_process['torchvision']
+        print('  in process, / torchvision per core: ours uint8 {:.2f}x, ours float32 {:.2f}x '
+              '(on read_image arrays {:.2f}x), before {:.2f}x'.format(
+                  *(per_core(in_process[k]) / per_core(tv_in) for k in (
+                      'ours, uint8', 'ours, float32', 'ours', 'before (phase 1)'))))
 
     stages, draft, n_staged = our_stages(base, tf, order, args.stage_images)
-    print_stages('ours, stage by stage ({} images, checked equal to TrainTransform)'
-                 .format(n_staged), stages)
+    now, normalise_s = pil_stages(base, u8_tf, order, args.stage_images)
+    print_stages('ours, stage by stage ({} images, checked equal to TrainTransform(normalize='
+                 'False))'.format(n_staged), now)
+    print('  + float32 normalisation (loader.Normalize: on the device, or in the main process '
+          'on a CPU): {:.3f} ms per image'.format(1e3 * normalise_s))
+    print_stages('before (phase 1), stage by stage ({} images, checked equal to ours, '
+                 'float32)'.format(n_staged), stages)
     tv_stages = None
     if tv is not None:
         tv_stages = torchvision_stages(tv, [tv_set.samples[i][0] for i in tv_order],
                                        args.stage_images)
         print_stages('torchvision, stage by stage ({} images)'.format(n_staged), tv_stages)
 
-    print('\ninter-process transfer and batching (ours): a float32 batch is {:.1f} MB, '
+    print('\ninter-process transfer and batching: a float32 batch is {:.1f} MB, '
           'uint8 {:.1f} MB'.format(nbytes['float32'] / 1e6, nbytes['uint8'] / 1e6))
-    for n, r in sorted(ours_end.items()):
-        extra = r.cpu / r.images - ours_in.cpu / ours_in.images
-        print('  {} loader process(es): {:.2f} ms CPU per image above the in-process '
-              'transform ({:.0f} % of the end-to-end cost), of which the main process '
-              '(unpack + concat_examples) {:.2f} ms'.format(
-                  n, 1e3 * extra, 100 * extra / (r.cpu / r.images),
-                  1e3 * r.main_cpu / r.images))
-    print('\nwhat-if levers (measured here; the pipeline does neither):')
+    for label, name, in_name in (
+            ('ours, uint8', OURS_UINT8, 'ours, uint8'),
+            ('ours, uint8 + Normalize on the CPU', OURS_UINT8_CPU, 'ours, uint8'),
+            ('ours, float32', OURS_FLOAT, 'ours, float32')):
+        for n, r in sorted(end_to_end(name).items()):
+            ref = in_process[in_name]
+            extra = r.cpu / r.images - ref.cpu / ref.images
+            print('  {}, {} loader process(es): {:.2f} ms CPU per image above the in-process '
+                  'transform, of which the main process {:.2f} ms'.format(
+                      label, n, 1e3 * extra, 1e3 * r.main_cpu / r.images))
+    print('\nwhat-if (measured here; the pipeline does not do it):')
     print('  JPEG draft decoding to the crop\'s scale: {:.2f} -> {:.2f} ms per decode '
           '({:.0f} % less); {} of {} images could be decoded reduced'.format(
               1e3 * draft['full decode'] / n_staged, 1e3 * draft['draft decode'] / n_staged,
               100 * (1 - draft['draft decode'] / draft['full decode']), draft['reduced'],
               n_staged))
-    u8 = next(r for r in rows if r.name.startswith('what-if'))
-    f32 = ours_end[workers[0]]
-    print('  uint8 through the iterator ({} loader process(es)): {:.1f} -> {:.1f} images/s '
-          'per core ({:+.0f} %)'.format(workers[0], per_core(f32), per_core(u8),
-                                        100 * (per_core(u8) / per_core(f32) - 1)))
 
-    print('\nshort profile of ours in process ({} images, by own time):'.format(
+    print('\nshort profile of ours (uint8) in process ({} images, by own time):'.format(
         min(args.stage_images, len(order))))
-    for line in short_profile(dataset.get_example, order[:args.stage_images]):
+    for line in short_profile(u8_set.get_example, order[:args.stage_images]):
         print('  ' + line)
     print('\nload average at the end: {}'.format(
         ' '.join('{:.2f}'.format(x) for x in os.getloadavg())))
 
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'rows': [r._asdict() for r in rows], 'stages': stages,
+            json.dump({'rows': [r._asdict() for r in rows], 'stages': now,
+                       'normalise_s': normalise_s, 'phase1_stages': stages,
                        'torchvision_stages': tv_stages, 'draft': draft,
                        'batch_bytes': nbytes, 'machine': machine_line()}, f, indent=1)
     return 0

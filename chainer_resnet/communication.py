@@ -164,25 +164,112 @@ def fp16_sum_overflows(max_abs_grad, size):
     return max_abs_grad * size > FP16_MAX
 
 
-def select_gpu(comm, visible_gpus=None):
-    """GPU id for this rank: its rank within the node (``comm.intra_rank``).
+def select_gpu(comm, visible_gpus=None, explicit=None):
+    """GPU id for this rank, for the two bindings sites use; refuses what is ambiguous.
 
-    Raises CommunicationError when a node runs more ranks than it has
-    visible GPUs (CUDA would otherwise fail later with "invalid device
-    ordinal").
+    - All of the node's GPUs visible to every rank (``mpirun``, or Slurm
+      without per-task binding): the GPU of the rank's node-local rank,
+      ``comm.intra_rank``.
+    - One GPU visible per rank (``srun --gpus-per-task=1``, ``--gpu-bind``,
+      per-task cgroups): device 0, the rank's own GPU. (Several ranks that
+      see the *same* single GPU look alike from inside; the doctor compares
+      PCI bus ids and fails on that.)
+    - ``explicit`` (``--device N``) is honoured only with one rank on the
+      node: with several, every rank would take GPU N.
+
+    Raises CommunicationError when a node runs more ranks than it has visible
+    GPUs (CUDA would otherwise fail later with "invalid device ordinal"), or
+    for an explicit id with several ranks per node or out of range.
     """
     if visible_gpus is None:
         import cupy
         visible_gpus = cupy.cuda.runtime.getDeviceCount()
+    intra_size = getattr(comm, 'intra_size', None)
+    where = 'rank {} is local rank {} on host {}'.format(
+        comm.rank, comm.intra_rank, os.uname().nodename)
+    if explicit is not None:
+        if intra_size is not None and intra_size > 1:
+            raise CommunicationError(
+                '--device {} with {} ranks on host {}: every rank would use GPU {}. Use '
+                '--device gpu (each rank takes the GPU of its node-local rank).'.format(
+                    explicit, intra_size, os.uname().nodename, explicit))
+        if not 0 <= explicit < visible_gpus:
+            raise CommunicationError(
+                '--device {}: {} but only {} GPU(s) are visible (CUDA_VISIBLE_DEVICES={!r}).'
+                .format(explicit, where, visible_gpus, os.environ.get('CUDA_VISIBLE_DEVICES')))
+        return explicit
+    if visible_gpus == 1:
+        return 0
     if comm.intra_rank >= visible_gpus:
         raise CommunicationError(
-            'rank {} is local rank {} on host {} but only {} GPU(s) are visible '
-            '(CUDA_VISIBLE_DEVICES={!r}). Start at most {} rank(s) per node, '
-            'e.g. mpiexec --map-by ppr:{}:node, or #SBATCH --ntasks-per-node={}.'
-            .format(comm.rank, comm.intra_rank, os.uname().nodename, visible_gpus,
-                    os.environ.get('CUDA_VISIBLE_DEVICES'), visible_gpus,
-                    visible_gpus, visible_gpus))
+            '{} but only {} GPU(s) are visible (CUDA_VISIBLE_DEVICES={!r}). Start at most '
+            '{} rank(s) per node, e.g. mpiexec --map-by ppr:{}:node, or #SBATCH '
+            '--ntasks-per-node={}; or bind one GPU per rank (srun --gpus-per-task=1).'
+            .format(where, visible_gpus, os.environ.get('CUDA_VISIBLE_DEVICES'),
+                    visible_gpus, visible_gpus, visible_gpus))
     return comm.intra_rank
+
+
+def from_rank0(comm, fn, *args, errors=(), **kwargs):
+    """``fn(*args, **kwargs)``, computed on rank 0 and returned on every rank.
+
+    For what every rank needs and one rank can compute: at start-up, the
+    dataset index (the list file read, or the class folders walked, once per
+    job instead of once per rank: field-notes.md, "What grows with the
+    number of ranks"). The result goes to the other ranks in ONE
+    ``comm.mpi_comm.bcast``, which pickles it: ImageNet's training index
+    (1.28 M paths and labels) is 50-100 MB of pickle, about 1 s to pickle
+    and unpickle on one core (benchmarks/README.md, "Start-up and resume
+    at scale").
+
+    If ``fn`` raises a user error (:class:`~chainer_resnet.data.layouts.DatasetError`,
+    :class:`~chainer_resnet.recipes.RecipeError`, :class:`CommunicationError`,
+    or a type in ``errors``), the exception is broadcast instead of a
+    result and every rank raises it: all ranks end with the same message,
+    none waits for a result that will not come. The raised exception carries
+    ``collective_rank`` (this rank), so a caller can report it on rank 0 only.
+    Rank 0 raises the original (with its traceback); an exception that does
+    not pickle travels as its user-error base class with the same message. Any other exception
+    propagates on rank 0 alone, while the other ranks wait in the
+    broadcast: :func:`install_abort_on_error` must be in effect to end them.
+
+    Args:
+        comm: a ChainerMN communicator (``rank``, ``mpi_comm``).
+        fn (callable): called on rank 0 only.
+        errors (tuple of exception types): more user-error types.
+        *args, **kwargs: passed to ``fn``.
+
+    Returns:
+        ``fn``'s result, on every rank (a copy on the ranks other than 0).
+    """
+    from chainer_resnet.data.layouts import DatasetError
+    from chainer_resnet.recipes import RecipeError
+    user_errors = (DatasetError, RecipeError, CommunicationError) + tuple(errors)
+    payload = failure = None
+    if comm.rank == 0:
+        try:
+            payload = (True, fn(*args, **kwargs))
+        except user_errors as e:
+            failure = e
+            payload = (False, _picklable(e, user_errors))
+    ok, value = comm.mpi_comm.bcast(payload, root=0)
+    if ok:
+        return value
+    error = failure if failure is not None else value
+    # The same error is raised on every rank; this lets the trainer print it once.
+    error.collective_rank = comm.rank
+    raise error
+
+
+def _picklable(error, user_errors):
+    """`error`, or its first user-error base with the same message if it does not pickle."""
+    import pickle
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        base = next(t for t in user_errors if isinstance(error, t))
+        return base(str(error))
 
 
 def print0(comm, *args, **kwargs):

@@ -160,6 +160,14 @@ class TimedUpdater(updaters.StandardUpdater):
     ``perf/images_per_sec`` (global images over wall time, data loading
     included), ``perf/compute_images_per_sec`` (excluding the wait for the
     next batch) and ``perf/data_wait_sec``.
+
+    A GPU runs kernels after the host has queued them, so before it reads
+    the clock at the end of a phase that may have queued device work (the
+    extensions of the previous iteration, then this step) the updater waits
+    for the model's device (``device.device.synchronize()`` on CuPy; nothing
+    on NumPy). Without that a step would seem to end when its last kernel
+    was queued, and its device time would be counted wherever the host next
+    waits for the device (the next batch's copy, or an extension).
     """
 
     def __init__(self, iterator, optimizer, workers=1, **kwargs):
@@ -168,13 +176,14 @@ class TimedUpdater(updaters.StandardUpdater):
         self._last_end = None
 
     def update_core(self):
+        optimizer = self._optimizers['main']
+        self._synchronize(optimizer)
         start = time.perf_counter()
         iterator = self._iterators['main']
         batch = iterator.next()
         loaded = time.perf_counter()
         in_arrays = convert._call_converter(
             self.converter, batch, self.input_device)
-        optimizer = self._optimizers['main']
         loss_func = self.loss_func or optimizer.target
         if isinstance(in_arrays, tuple):
             optimizer.update(loss_func, *in_arrays)
@@ -182,6 +191,7 @@ class TimedUpdater(updaters.StandardUpdater):
             optimizer.update(loss_func, **in_arrays)
         else:
             optimizer.update(loss_func, in_arrays)
+        self._synchronize(optimizer)
         end = time.perf_counter()
         images = len(batch) * self.workers
         wall = end - (self._last_end if self._last_end is not None else start)
@@ -193,6 +203,13 @@ class TimedUpdater(updaters.StandardUpdater):
         self._last_end = end
         if self.auto_new_epoch and iterator.is_new_epoch:
             optimizer.new_epoch(auto=True)
+
+    @staticmethod
+    def _synchronize(optimizer):
+        """Wait until the model's device has run all the work queued on it."""
+        device = optimizer.target.device
+        if device.xp is not numpy:
+            device.device.synchronize()
 
 
 class ChunkStopTrigger:

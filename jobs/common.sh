@@ -167,6 +167,9 @@ load_environment() {
     done
     # Loader processes and BLAS threads: one thread each unless the site says so.
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+    # CuPy's kernel cache on node-local disk: 1,024 ranks compiling into one
+    # shared $HOME is a start-up storm (the site may point it elsewhere).
+    export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-${TMPDIR:-/tmp}/cupy-kernel-cache-${USER:-$(id -u)}}"
 }
 
 # train_argv NODES: TRAIN_ARGV for $NP ranks on NODES node(s).

@@ -1,12 +1,15 @@
-"""Communicator set-up pieces and the fp16 gradient allreduce arithmetic."""
+"""Communicator set-up pieces, rank-0 helpers and the fp16 gradient allreduce arithmetic."""
 
 import multiprocessing
+import pickle
 import types
 
 import numpy
 import pytest
 
 from chainer_resnet import communication
+from chainer_resnet.data.layouts import DatasetError
+from chainer_resnet.recipes import RecipeError
 
 
 def _fp32_mean(per_rank):
@@ -69,12 +72,29 @@ def test_prescaling_loses_small_gradients_to_subnormals():
 
 
 class _FakeComm:
-    def __init__(self, rank, intra_rank):
-        self.rank, self.intra_rank = rank, intra_rank
+    def __init__(self, rank, intra_rank, intra_size=8):
+        self.rank, self.intra_rank, self.intra_size = rank, intra_rank, intra_size
 
 
 def test_select_gpu_uses_the_node_local_rank():
     assert communication.select_gpu(_FakeComm(rank=13, intra_rank=5), visible_gpus=8) == 5
+
+
+def test_one_visible_gpu_per_rank_is_that_ranks_own_gpu():
+    # srun --gpus-per-task=1 / --gpu-bind: each of the 8 ranks sees one GPU, device 0.
+    for local in range(8):
+        assert communication.select_gpu(_FakeComm(rank=8 + local, intra_rank=local),
+                                        visible_gpus=1) == 0
+
+
+def test_an_explicit_gpu_id_with_several_ranks_per_node_is_refused():
+    with pytest.raises(communication.CommunicationError,
+                       match='--device 3 with 8 ranks on host .*every rank would use GPU 3'):
+        communication.select_gpu(_FakeComm(rank=1, intra_rank=1), visible_gpus=8, explicit=3)
+    alone = _FakeComm(rank=0, intra_rank=0, intra_size=1)
+    assert communication.select_gpu(alone, visible_gpus=8, explicit=3) == 3
+    with pytest.raises(communication.CommunicationError, match='only 2 GPU'):
+        communication.select_gpu(alone, visible_gpus=2, explicit=3)
 
 
 def test_more_local_ranks_than_gpus_is_a_clear_error():
@@ -129,3 +149,132 @@ def test_pure_nccl_fp16_allreduce_equals_fp32_mean_on_gpu():
         expected = communication.fp16_allreduce_mean(grads[name].reshape(1, -1))
         numpy.testing.assert_allclose(got.ravel(), expected, rtol=1e-3, atol=1e-6)
         numpy.testing.assert_allclose(got, grads[name], rtol=2e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# from_rank0: rank 0 computes, one broadcast delivers (issue 10)
+
+class _RecordingMpiComm:
+    """The ``bcast`` of a world seen from one rank: rank 0's payload goes out as
+    it is; any other rank receives `delivered`, a pickled round trip of what
+    rank 0 sent (as MPI would deliver it)."""
+
+    def __init__(self, delivered=None):
+        self.sent, self.delivered = [], delivered
+
+    def bcast(self, obj, root=0):
+        assert root == 0
+        self.sent.append(obj)
+        return obj if self.delivered is None else pickle.loads(pickle.dumps(self.delivered))
+
+
+def _rank_view(rank, delivered=None):
+    return types.SimpleNamespace(rank=rank, mpi_comm=_RecordingMpiComm(delivered))
+
+
+def test_from_rank0_calls_fn_on_rank_zero_only_and_broadcasts_once():
+    calls = []
+
+    def index(path, *, scale):
+        calls.append(path)
+        return {'path': path, 'n': 3 * scale}
+
+    root = _rank_view(0)
+    assert communication.from_rank0(root, index, 'train.txt', scale=2) == \
+        {'path': 'train.txt', 'n': 6}
+    assert calls == ['train.txt'] and len(root.mpi_comm.sent) == 1
+    other = _rank_view(1, delivered=root.mpi_comm.sent[0])
+    assert communication.from_rank0(other, index, 'train.txt', scale=2) == \
+        {'path': 'train.txt', 'n': 6}
+    assert calls == ['train.txt']                  # not called again on rank 1
+    assert other.mpi_comm.sent == [None]           # one bcast there too
+
+
+@pytest.mark.parametrize('error', [
+    DatasetError('list file x.txt does not exist. Pass ...'),
+    RecipeError('unknown recipe'),
+    communication.CommunicationError('2 samples cannot be split over 4 ranks')])
+def test_a_user_error_on_rank_zero_is_raised_on_every_rank(error):
+    def fail():
+        raise error
+
+    root = _rank_view(0)
+    with pytest.raises(type(error)) as info:
+        communication.from_rank0(root, fail)
+    assert info.value is error                     # rank 0: the original, traceback and all
+    assert len(root.mpi_comm.sent) == 1
+    other = _rank_view(1, delivered=root.mpi_comm.sent[0])
+    with pytest.raises(type(error)) as info:
+        communication.from_rank0(other, fail)
+    assert str(info.value) == str(error)
+    assert info.value.collective_rank == 1         # so that only rank 0 prints it
+
+
+class _SiteError(Exception):
+    pass
+
+
+class _DatasetErrorWithContext(DatasetError):
+    def __init__(self, message, *, line):        # keyword-only: does not unpickle
+        super().__init__(message)
+        self.line = line
+
+
+def test_errors_adds_user_error_types_and_other_errors_stay_on_rank_zero():
+    def fail():
+        raise _SiteError('the site check failed')
+
+    root = _rank_view(0)
+    with pytest.raises(_SiteError):
+        communication.from_rank0(root, fail, errors=(_SiteError,))
+    assert isinstance(root.mpi_comm.sent[0][1], _SiteError)
+    # Negative control: without errors= it is not a user error; it propagates
+    # on rank 0 before any broadcast (the abort hook ends the other ranks).
+    bare = _rank_view(0)
+    with pytest.raises(_SiteError):
+        communication.from_rank0(bare, fail)
+    assert bare.mpi_comm.sent == []
+
+
+def test_a_user_error_that_does_not_pickle_travels_as_its_base_class():
+    def fail():
+        raise _DatasetErrorWithContext('line 7: label 12 out of range', line=7)
+
+    root = _rank_view(0)
+    with pytest.raises(_DatasetErrorWithContext):
+        communication.from_rank0(root, fail)
+    other = _rank_view(1, delivered=root.mpi_comm.sent[0])
+    with pytest.raises(DatasetError, match='line 7: label 12 out of range'):
+        communication.from_rank0(other, fail)
+
+
+def test_from_rank0_with_a_real_communicator_outside_mpiexec():
+    comm = communication.create_communicator(gpu=False)
+    assert communication.from_rank0(comm, sorted, [3, 1, 2]) == [1, 2, 3]
+
+
+@pytest.mark.mpi
+def test_from_rank0_under_mpi_same_result_and_same_error_on_every_rank():
+    import chainermn
+    comm = chainermn.create_communicator('naive')
+    seen = []
+
+    def index():
+        seen.append(comm.rank)
+        return numpy.arange(5) * 10
+
+    result = communication.from_rank0(comm, index)
+
+    def bad_list():
+        raise DatasetError('train.txt, line 3: label 2 is out of range')
+
+    try:
+        communication.from_rank0(comm, bad_list)
+        raised = None
+    except DatasetError as e:
+        raised = str(e)
+    results = comm.mpi_comm.allgather((result.tolist(), seen, raised))
+    for values, calls, message in results:
+        assert values == [0, 10, 20, 30, 40]
+        assert message == 'train.txt, line 3: label 2 is out of range'
+    assert [calls for _, calls, _ in results] == [[0]] + [[]] * (comm.size - 1)

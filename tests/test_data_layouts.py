@@ -412,3 +412,133 @@ def test_open_dataset_checks_a_validation_tree_against_the_training_classes(tmp_
     # a list-file training set has no classes: the trainer passes None
     assert getattr(listed, 'classes', None) is None
     assert layouts.open_dataset(val_root, None, 3, classes=None).num_classes == 3
+
+
+# ---------------------------------------------------------------------------
+# Start-up cost: an index without stat-ing every image, and a per-shard check (issue 10)
+
+def _count_stats(monkeypatch):
+    """Count os.stat and os.lstat calls (os.path.exists, isfile and isdir use os.stat)."""
+    counts = {'stat': 0}
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def stat(*args, **kwargs):
+        counts['stat'] += 1
+        return real_stat(*args, **kwargs)
+
+    def lstat(*args, **kwargs):
+        counts['stat'] += 1
+        return real_lstat(*args, **kwargs)
+    monkeypatch.setattr(os, 'stat', stat)
+    monkeypatch.setattr(os, 'lstat', lstat)
+    return counts
+
+
+def _long_list(tmp_path, n, present=()):
+    """A list file of `n` images x<i>.png; only those in `present` exist."""
+    for i in present:
+        write_image(str(tmp_path / 'x{}.png'.format(i)), solid((i, i, i)))
+    (tmp_path / 'l.txt').write_text(''.join('x{}.png {}\n'.format(i, i % 3) for i in range(n)))
+    return str(tmp_path / 'l.txt'), str(tmp_path)
+
+
+def test_without_check_files_building_the_index_stats_no_image(tmp_path, monkeypatch):
+    list_path, root = _long_list(tmp_path, 2000, present=[5, 17])
+    counts = _count_stats(monkeypatch)
+    ds = layouts.ListDataset(list_path, root, check_files=False)
+    assert counts['stat'] <= 3                     # the list file and root, not 2,000 images
+    assert len(ds) == 2000 and ds.paths[17] == os.path.join(root, 'x17.png')
+    numpy.testing.assert_array_equal(ds.line_numbers[:3], [1, 2, 3])
+    counts['stat'] = 0
+    ds.check_files([17, 5, 17, 5])                 # repeats are checked once
+    assert counts['stat'] == 2
+    image, label = ds[17]
+    assert image.shape == (6, 9, 3) and label == 17 % 3
+    # Negative control: today's default stats every listed image (and fails here).
+    counts['stat'] = 0
+    with pytest.raises(layouts.DatasetError, match='1998 of the 2000 images listed'):
+        layouts.ListDataset(list_path, root)
+    assert counts['stat'] >= 2000
+
+
+def test_check_files_on_a_shard_names_count_lines_root_and_what_to_do(tmp_path):
+    (tmp_path / 'l.txt').write_text('\n'.join(
+        ['x0.png 0', '', 'gone1.png 1', 'x0.png 0', 'gone2.png 2'] +
+        ['gone{}.png 0'.format(i) for i in range(3, 12)]) + '\n')
+    write_image(str(tmp_path / 'x0.png'), solid((1, 1, 1)))
+    ds = layouts.ListDataset(str(tmp_path / 'l.txt'), str(tmp_path), check_files=False)
+    assert len(ds) == 13
+    ds.check_files([0, 2])                         # both x0.png: passes
+    with pytest.raises(layouts.DatasetError) as info:
+        ds.check_files(numpy.array([4, 1, 0, 3] + list(range(5, 12))))
+    message = str(info.value)
+    assert message.startswith("10 of the 11 images of this rank's shard (of the 13 listed in "
+                              "{})".format(tmp_path / 'l.txt'))
+    assert 'under root {} on host '.format(tmp_path) in message
+    assert 'first: line 3: {}; line 5: {};'.format(tmp_path / 'gone1.png',
+                                                  tmp_path / 'gone2.png') in message
+    assert message.count('line ') == 5            # capped, as the full check is
+    assert 'Check that root is the folder' in message and 'every node' in message
+    with pytest.raises(IndexError):
+        ds.check_files([13])
+    ds.check_files([])                             # an empty shard checks nothing
+
+
+def test_check_files_over_every_index_reads_like_the_build_time_check(list_tree):
+    list_path, root = list_tree
+    with open(list_path, 'a') as f:
+        f.write('a/gone1.png 0\n')
+    ds = layouts.ListDataset(list_path, root, check_files=False)
+    messages = []
+    for check in (lambda: layouts.ListDataset(list_path, root),      # at build time
+                  lambda: ds.check_files(range(len(ds)))):            # later, every index
+        with pytest.raises(layouts.DatasetError) as info:
+            check()
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith('1 of the 4 images listed in {}'.format(list_path))
+
+
+def test_an_unchecked_index_pickles_to_the_same_dataset(list_tree):
+    list_path, root = list_tree
+    ds = layouts.ListDataset(list_path, root, check_files=False)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.paths == ds.paths and clone.root == ds.root
+    numpy.testing.assert_array_equal(clone.labels, ds.labels)
+    numpy.testing.assert_array_equal(clone.line_numbers, [2, 3, 5])
+    clone.check_files([0, 1, 2])
+
+
+def test_folder_check_files_finds_files_removed_after_the_walk(tmp_path):
+    root = class_tree(tmp_path / 'train', ['cat', 'dog'])
+    ds = layouts.FolderDataset(root)
+    ds.check_files([0, 1])                         # negative control: all there
+    os.remove(ds.paths[1])
+    with pytest.raises(layouts.DatasetError) as info:
+        ds.check_files([0, 1])
+    message = str(info.value)
+    assert message.startswith('1 of the 2 images checked on host ')
+    assert 'missing from image root {} (first: {})'.format(root, ds.paths[1]) in message
+    assert 'same path on every node' in message
+
+
+def test_open_dataset_passes_check_files_on(tmp_path):
+    list_path, root = _long_list(tmp_path, 4)
+    with pytest.raises(layouts.DatasetError, match='4 of the 4 images'):
+        layouts.open_dataset(list_path, root, 3)
+    ds = layouts.open_dataset(list_path, root, 3, check_files=False)
+    assert isinstance(ds, layouts.ListDataset) and len(ds) == 4
+    folders = layouts.open_dataset(class_tree(tmp_path / 't', ['a']), None, 1,
+                                   check_files=False)
+    assert isinstance(folders, layouts.FolderDataset) and len(folders) == 1
+
+
+def test_listed_paths_are_normalised_as_abspath_would(tmp_path):
+    listed = ['x.png', './x.png', 'a/../x.png', 'a//b.png', 'a/./b.png', '.hidden.png',
+              '../up.png', str(tmp_path / 'abs' / 'y.png')]
+    (tmp_path / 'l.txt').write_text(''.join('{} 0\n'.format(p) for p in listed))
+    for root in (str(tmp_path / 'images'), str(tmp_path / 'images') + '/', '/'):
+        if root != '/':
+            os.makedirs(root, exist_ok=True)
+        ds = layouts.ListDataset(str(tmp_path / 'l.txt'), root, check_files=False)
+        assert ds.paths == [os.path.abspath(os.path.join(root, p)) for p in listed], root

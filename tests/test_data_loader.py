@@ -289,3 +289,102 @@ def test_an_image_read_again_in_a_later_epoch_is_counted_once():
     assert guard.count == 1 and guard.first_bad == [('/data/4.jpg', 'OSError: x')]
     with pytest.raises(layouts.DatasetError, match='2 bad image'):
         guard([bad(5), good(1)])                 # a second image exceeds the allowance
+
+
+# ---------------------------------------------------------------------------
+# PILImages and Normalize: uint8 through the iterator, normalised on the device
+
+MEAN, STD = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
+
+
+def test_pil_images_are_the_layouts_images_decoded(tmp_path):
+    base = jpeg_tree(tmp_path, 3, {1: TRUNCATED})
+    images = loader.PILImages(base)
+    assert len(images) == 3 and images.paths == base.paths
+    image, label = images[2]
+    assert label == 2 and label.dtype == numpy.int32 and image.mode == 'RGB'
+    numpy.testing.assert_array_equal(numpy.asarray(image), base[2][0])
+    with pytest.raises(layouts.DatasetError, match='cannot read image .*1.jpg'):
+        images[1]
+    bad_sample = sampling.AugmentedDataset(images, TRANSFORM, seed=0)[1]
+    assert bad_sample == sampling.AugmentedDataset(base, TRANSFORM, seed=0)[1]
+    assert bad_sample.path == base.paths[1]
+
+
+@pytest.mark.parametrize('kind', ['serial', 'multiprocess'])
+def test_uint8_batches_normalised_by_the_converter_equal_float32_batches(tmp_path, kind):
+    # The trainer's two data paths: float32 transforms on RGB arrays with
+    # concat_examples, and uint8 transforms on PIL images with Normalize
+    # behind the guard. Same augmentation, same bits.
+    base = jpeg_tree(tmp_path, 8, {5: ZERO_BYTE})
+    float_tf = transforms.TrainTransform(8, MEAN, STD)
+    uint8_tf = transforms.TrainTransform(8, MEAN, STD, normalize=False)
+    as_float = sampling.AugmentedDataset(base, float_tf, seed=3)
+    as_uint8 = sampling.AugmentedDataset(loader.PILImages(base), uint8_tf, seed=3)
+    guard_float = loader.BadSampleGuard(max_bad=1)
+    guard_uint8 = loader.BadSampleGuard(max_bad=1, converter=loader.Normalize(MEAN, STD))
+    with iterate(kind, as_float, 4) as it_float, iterate(kind, as_uint8, 4) as it_uint8:
+        for _ in range(4):                       # two epochs, a bad image in each
+            batch = next(it_uint8)
+            assert batch[0][0].dtype == numpy.uint8
+            x, t = guard_uint8(batch, chainer.get_device('@numpy'))
+            x_float, t_float = guard_float(next(it_float))
+            assert x.dtype == numpy.float32 and x.shape == (4, 3, 8, 8)
+            numpy.testing.assert_array_equal(x, x_float)
+            numpy.testing.assert_array_equal(t, t_float)
+    assert guard_uint8.count == guard_float.count == 1
+
+
+def test_normalize_table_is_the_formula_for_every_pixel_value():
+    table = loader.Normalize(MEAN, STD).table
+    values = numpy.arange(256, dtype=numpy.float32)
+    for c in range(3):
+        expected = (values / numpy.float32(255) - numpy.float32(MEAN[c])) / numpy.float32(STD[c])
+        numpy.testing.assert_array_equal(table[c], expected)
+    assert table.dtype == numpy.float32
+
+
+def test_normalize_is_a_converter_for_any_device_argument_and_keeps_labels():
+    rng = numpy.random.default_rng(0)
+    batch = [(rng.integers(0, 256, (3, 4, 5), dtype=numpy.uint8), numpy.int32(i))
+             for i in range(3)]
+    expected = transforms.normalize(numpy.stack([x for x, _ in batch]), MEAN, STD)
+    normalize = loader.Normalize(MEAN, STD)
+    # as Chainer's updaters and evaluators call a converter, and as old-style code does
+    for x, t in [chainer.dataset.convert._call_converter(
+            normalize, batch, chainer.get_device('@numpy')),
+                 normalize(batch), normalize(batch, -1)]:
+        numpy.testing.assert_array_equal(x, expected)
+        assert t.tolist() == [0, 1, 2]
+    # the images alone (a converter that returns one array)
+    x = loader.Normalize(MEAN, STD, converter=lambda b, d: numpy.stack([i for i, _ in b]))(batch)
+    numpy.testing.assert_array_equal(x, expected)
+
+
+def test_normalize_refuses_images_that_are_not_uint8_chw():
+    normalize = loader.Normalize(MEAN, STD)
+    twice = [(TRANSFORM(numpy.zeros((9, 9, 3), numpy.uint8)), numpy.int32(0))]
+    with pytest.raises(ValueError, match='normalize=False'):
+        normalize(twice)
+    with pytest.raises(ValueError, match=r'\(N, 3, H, W\), got uint8 \(1, 9, 9, 3\)'):
+        normalize([(numpy.zeros((9, 9, 3), numpy.uint8), numpy.int32(0))])
+    with pytest.raises(ValueError, match='Divide 0-255'):
+        loader.Normalize((124, 117, 104), STD)
+
+
+@pytest.mark.gpu
+def test_normalize_on_the_gpu_equals_numpy_bit_for_bit():
+    import cupy
+    rng = numpy.random.default_rng(1)
+    batch = [(rng.integers(0, 256, (3, 7, 5), dtype=numpy.uint8), numpy.int32(i))
+             for i in range(4)]
+    normalize = loader.Normalize(MEAN, STD)
+    x_cpu, t_cpu = normalize(batch, chainer.get_device('@numpy'))
+    x, t = normalize(batch, chainer.get_device('@cupy:0'))
+    assert isinstance(x, cupy.ndarray) and x.dtype == numpy.float32
+    numpy.testing.assert_array_equal(cupy.asnumpy(x), x_cpu)
+    numpy.testing.assert_array_equal(cupy.asnumpy(t), t_cpu)
+    # every pixel value in every channel
+    every = numpy.broadcast_to(numpy.arange(256, dtype=numpy.uint8), (1, 3, 4, 256))
+    numpy.testing.assert_array_equal(
+        cupy.asnumpy(normalize.normalize(cupy.asarray(every))), normalize.normalize(every))

@@ -275,3 +275,116 @@ def test_from_recipe_builds_the_transforms_the_recipe_names(augmentation, by_han
                                          wanted(image, numpy.random.default_rng(3)))
     # Negative control: the other flip setting is a different transform.
     assert vars(got[0]) != vars(by_hand(not flip)[0])
+
+
+# ---------------------------------------------------------------------------
+# PIL-image input and uint8 output: the same pixels as the float32 array path
+
+def old_train_transform(image, rng, crop, flip=True):
+    """TrainTransform as it was before it took PIL images, written out: crop
+    the RGB array, resize the crop in PIL, flip, five float32 passes."""
+    top, left, h, w = transforms.sample_crop_box(
+        image.shape[0], image.shape[1], (0.08, 1.0), (3 / 4, 4 / 3), rng)
+    out = numpy.asarray(Image.fromarray(numpy.ascontiguousarray(
+        image[top:top + h, left:left + w])).resize((crop, crop), Image.BILINEAR))
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    x = out.astype(numpy.float32) / numpy.float32(255)
+    x -= numpy.asarray(MEAN, dtype=numpy.float32)
+    x /= numpy.asarray(STD, dtype=numpy.float32)
+    return numpy.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def photo(mode, h=60, w=80, seed=0):
+    """A textured PIL image in `mode` (smooth gradients plus noise)."""
+    rng = numpy.random.default_rng(seed)
+    y, x = numpy.mgrid[0:h, 0:w]
+    rgb = numpy.stack([x * 255 // w, y * 255 // h, (x + y) * 127 // (h + w)], axis=-1)
+    rgb = numpy.clip(rgb + rng.integers(-40, 40, rgb.shape), 0, 255).astype(numpy.uint8)
+    image = Image.fromarray(rgb)
+    if mode == 'RGBA':
+        image.putalpha(Image.fromarray(rng.integers(0, 256, (h, w), dtype=numpy.uint8)))
+        return image
+    return image if mode == 'RGB' else image.convert(mode)
+
+
+MODES = ['RGB', 'L', 'P', 'CMYK', 'RGBA']
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('make', ALL_TRANSFORMS)
+def test_pil_input_gives_the_pixels_of_the_rgb_array(make, mode):
+    # The transforms cut a PIL image before converting it; the conversion is
+    # per pixel, so the output is that of the whole image converted first.
+    image = photo(mode)
+    t = make()
+    for seed in range(8):
+        numpy.testing.assert_array_equal(
+            t(image, numpy.random.default_rng(seed)),
+            t(numpy.asarray(image.convert('RGB')), numpy.random.default_rng(seed)))
+
+
+@pytest.mark.parametrize('mode', ['RGB', 'L', 'CMYK'])
+def test_train_transform_on_jpeg_files_equals_the_earlier_code(tmp_path, mode):
+    from chainer_resnet.data import layouts
+    path = str(tmp_path / 'photo.jpg')
+    photo(mode, 90, 120, seed=3).save(path, quality=85)
+    decoded = layouts.read_image(path, as_array=False)
+    assert decoded.mode == mode
+    t = transforms.TrainTransform(32, MEAN, STD)
+    for seed in range(20):
+        expected = old_train_transform(layouts.read_image(path),
+                                       numpy.random.default_rng(seed), 32)
+        for image in (decoded, layouts.read_image(path)):
+            numpy.testing.assert_array_equal(t(image, numpy.random.default_rng(seed)),
+                                             expected)
+
+
+@pytest.mark.parametrize('index', range(len(ALL_TRANSFORMS)))
+def test_uint8_output_normalizes_to_the_float32_output(index):
+    as_float, as_uint8 = ALL_TRANSFORMS[index](), ALL_TRANSFORMS[index]()
+    as_uint8.normalized = False
+    for seed, image in enumerate([random_image(37, 53), photo('L')]):
+        x = as_uint8(image, numpy.random.default_rng(seed))
+        assert x.dtype == numpy.uint8 and x.shape == (3, 16, 16) and x.flags.c_contiguous
+        expected = as_float(image, numpy.random.default_rng(seed))
+        numpy.testing.assert_array_equal(transforms.normalize(x, MEAN, STD), expected)
+        # the written-out formula, and a batch normalised at once
+        numpy.testing.assert_array_equal(
+            normalized(numpy.asarray(x).transpose(1, 2, 0)), expected)
+        numpy.testing.assert_array_equal(
+            transforms.normalize(numpy.stack([x, x]), MEAN, STD)[1], expected)
+
+
+def test_uint8_transforms_draw_the_same_boxes_and_flips():
+    image = random_image(50, 70)
+    for make in (lambda n: transforms.TrainTransform(8, MEAN, STD, normalize=n),
+                 lambda n: transforms.PreResizedRandomCropTransform(8, MEAN, STD, pre_size=12,
+                                                                    normalize=n)):
+        for seed in range(30):
+            a, b = numpy.random.default_rng(seed), numpy.random.default_rng(seed)
+            numpy.testing.assert_array_equal(
+                transforms.normalize(make(False)(image, a), MEAN, STD), make(True)(image, b))
+            assert a.random() == b.random()      # and leave the generators alike
+
+
+def test_pil_input_must_be_an_image_and_arrays_rgb_uint8():
+    t = transforms.ValTransform(8, MEAN, STD)
+    with pytest.raises(ValueError, match='or a PIL image, got list'):
+        t([[0, 0, 0]])
+    assert t(photo('L')).shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize('augmentation', ['random_resized', 'pre_resized'])
+def test_from_recipe_normalize_false_gives_the_uint8_pair(augmentation):
+    recipe = dataclasses.replace(recipes.get('demo'), augmentation=augmentation).validate()
+    as_float = transforms.from_recipe(recipe)
+    as_uint8 = transforms.from_recipe(recipe, normalize=False)
+    image = random_image(50, 70)
+    for f, u in zip(as_float, as_uint8):
+        assert type(f) is type(u) and f.normalized and not u.normalized
+        assert dict(vars(f), normalized=False) == vars(u)
+        x = u(image, numpy.random.default_rng(4))
+        assert x.dtype == numpy.uint8
+        numpy.testing.assert_array_equal(transforms.normalize(x, recipe.mean, recipe.std),
+                                         f(image, numpy.random.default_rng(4)))

@@ -230,22 +230,27 @@ def test_two_ranks_on_one_gpu_fail_with_a_fix():
 
 
 def test_a_rank_without_a_gpu_fails_and_skips_the_nccl_checks(monkeypatch):
-    # srun --gpus-per-task=1: every rank sees one GPU, its own, as device 0, so
-    # local rank 1 has none; select_gpu's own message is what the probe records.
-    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0')
+    # Three ranks on a node that shows all ranks the same two GPUs: local rank
+    # 2 has none (one GPU per rank, srun --gpus-per-task=1, is fine: each takes
+    # its device 0); select_gpu's own message is what the probe records.
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0,1')
+    assert communication.select_gpu(types.SimpleNamespace(rank=1, intra_rank=1),
+                                    visible_gpus=1) == 0
     with pytest.raises(communication.CommunicationError) as e:
-        communication.select_gpu(types.SimpleNamespace(rank=1, intra_rank=1), visible_gpus=1)
-    rows = [rank_row('node0', cuda_visible='0'), rank_row('node0', cuda_visible='0')]
+        communication.select_gpu(types.SimpleNamespace(rank=2, intra_rank=2), visible_gpus=2)
+    rows = [rank_row('node0', cuda_visible='0,1') for _ in range(3)]
     results = [{'gpu': 0, 'gpu_bus': '0000:1b:00', 'mpi_sum': 3, 'fp16_mpi': 0.0},
+               {'gpu': 1, 'gpu_bus': '0000:1c:00', 'mpi_sum': 3, 'fp16_mpi': 0.0},
                {'gpu_error': str(e.value), 'mpi_sum': 3, 'fp16_mpi': 0.0}]
     text, failures = lines(checks.check_gpus, rows, results)
     assert failures == 1
-    assert text[0].startswith('FAIL: rank 1 (node0) has no GPU of its own: rank 1 is local '
-                              'rank 1 on host ')
-    assert "only 1 GPU(s) are visible (CUDA_VISIBLE_DEVICES='0')" in text[0]
-    assert text[1] == ("  fix: give every rank a GPU: as many ranks per node as GPUs, and "
-                       "do not restrict CUDA_VISIBLE_DEVICES per rank (srun --gpus-per-task/"
-                       "--gpu-bind): the trainer takes GPU = local rank among the node's GPUs")
+    assert text[0].startswith('FAIL: rank 2 (node0) has no GPU of its own: rank 2 is local '
+                              'rank 2 on host ')
+    assert "only 2 GPU(s) are visible (CUDA_VISIBLE_DEVICES='0,1')" in text[0]
+    assert text[1] == ("  fix: give every rank a GPU: as many ranks per node as visible GPUs "
+                       "(the trainer takes GPU = local rank among them), or exactly one GPU "
+                       "visible to each rank (srun --gpus-per-task=1 / --gpu-bind: the "
+                       "trainer takes it)")
     # The NCCL allreduces were skipped on every rank: not a second failure.
     text, failures = lines(checks.check_allreduces, 'gpu', results)
     assert failures == 0 and len(text) == 1 and text[0].startswith('  OK    fp16 allreduce')

@@ -716,3 +716,9 @@ def test_local_cpu_smoke_runs(tmp_path, stubs, data_cache):
         env['VENV'] = str(VENV)
     r = run_script('jobs/local/smoke_cpu.sh', env)
     check_finished(r, tmp_path / 'out')
+
+
+def test_cupy_kernel_cache_defaults_to_node_local_disk():
+    # 1,024 ranks compiling kernels into one shared $HOME is a start-up storm.
+    text = (ROOT / 'jobs' / 'common.sh').read_text()
+    assert 'export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-${TMPDIR:-/tmp}/' in text

@@ -7,7 +7,19 @@
   counts them, and stops the run with a :class:`DatasetError` naming the
   files once there are more than it may skip;
 - :func:`check_images`: read every image of a shard once, before training,
-  and list those that fail.
+  and list those that fail;
+- :class:`PILImages`: a layout dataset's images as decoded PIL images, so
+  that the transforms crop before anything is converted to an array;
+- :class:`Normalize`: a converter that normalises a batch of ``uint8``
+  images on the device (transforms built with ``normalize=False``), so
+  loader processes send a quarter of the bytes and skip the float math.
+
+The trainer's data path, put together::
+
+    train_tf, val_tf = transforms.from_recipe(recipe, normalize=False)
+    train_set = AugmentedDataset(PILImages(train_base), train_tf, seed, indices)
+    converter = BadSampleGuard(max_bad, converter=Normalize(recipe.mean, recipe.std),
+                               mode='replace')
 
 Bad images travel as data: :class:`~chainer_resnet.data.sampling.AugmentedDataset`
 returns a ``BadSample`` instead of raising, so a loader process never dies
@@ -18,10 +30,13 @@ samples were loaded in loader processes or not.
 
 import bisect
 
+import numpy
+
 import chainer
 from chainer.dataset import convert
 
-from chainer_resnet.data.layouts import DatasetError
+from chainer_resnet.data import transforms
+from chainer_resnet.data.layouts import DatasetError, read_image
 from chainer_resnet.data.sampling import BadSample
 
 # How many bad images a message or BadSampleGuard.first_bad keeps.
@@ -185,3 +200,108 @@ def check_images(dataset, indices, progress=None, every=1000):
         if progress is not None and (done % every == 0 or done == total):
             progress(done, total)
     return failed
+
+
+class PILImages(chainer.dataset.DatasetMixin):
+    """A layout dataset read as ``(decoded PIL image, int32 label)`` pairs.
+
+    The images of ``base`` (e.g.
+    :class:`~chainer_resnet.data.layouts.ListDataset`), decoded but left in
+    the file's own mode (``read_image(path, as_array=False)``), with the
+    same errors for unreadable files. The transforms then crop, convert
+    the crop to RGB and resize it in PIL, and only the output becomes an
+    array: the same pixels as from ``base`` (whose images are whole RGB
+    arrays), for less work. ``paths`` and ``labels`` are ``base``'s, so
+    :class:`~chainer_resnet.data.sampling.BadSample` still names the file.
+    """
+
+    def __init__(self, base):
+        self.base = base
+        self.paths = base.paths
+        self.labels = base.labels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def get_example(self, i):
+        """``(PIL image, int32 label)`` of image ``i``; DatasetError if unreadable."""
+        return read_image(self.paths[i], as_array=False), self.labels[i]
+
+
+class Normalize(chainer.dataset.Converter):
+    """Converter: a batch of ``uint8`` CHW images -> normalised ``float32`` on the device.
+
+    ``converter`` (default ``concat_examples``) stacks the batch and sends
+    it to ``device`` as ``uint8``; then the images (the first array of
+    each example) become ``(x / 255 - mean) / std`` in one step: one
+    elementwise kernel on a CuPy device, :func:`transforms.normalize
+    <chainer_resnet.data.transforms.normalize>` (in place after the cast)
+    with NumPy. Labels and any other arrays pass through.
+
+    The result is bit-identical to the ``float32`` output of the same
+    transforms built with ``normalize=True``: with NumPy it is the same
+    function; the CuPy kernel looks each pixel up in a 3 x 256 table that
+    function computed, so no device arithmetic can round differently.
+
+    Wrap it in :class:`BadSampleGuard` (``BadSampleGuard(max_bad,
+    converter=Normalize(mean, std), mode=...)``) when the dataset is an
+    :class:`~chainer_resnet.data.sampling.AugmentedDataset`.
+
+    Args:
+        mean (tuple of float): per-channel RGB mean in [0, 1] units, the
+            transforms' (the recipe's ``mean``).
+        std (tuple of float): per-channel RGB std in [0, 1] units.
+        converter: the converter that stacks and sends the batch.
+
+    Raises:
+        ValueError (when called): the images are not ``uint8`` of shape
+        (N, 3, H, W), e.g. float32 from transforms built with
+        ``normalize=True``, which would be normalised twice.
+    """
+
+    def __init__(self, mean, std, converter=convert.concat_examples):
+        self.mean, self.std = transforms.check_mean_std(mean, std)
+        self.converter = converter
+        # table[c, v]: the normalised value of pixel value v in channel c.
+        self.table = transforms.normalize(
+            numpy.broadcast_to(numpy.arange(256, dtype=numpy.uint8), (3, 1, 256)),
+            self.mean, self.std).reshape(3, 256)
+        self._device_tables = {}
+
+    def __call__(self, batch, device=None):
+        """Return ``converter(batch, device)`` with its images normalised."""
+        if device is not None and not isinstance(device, chainer.backend.Device):
+            device = chainer.get_device(device)  # an old-style caller's int
+        arrays = convert._call_converter(self.converter, batch, device)
+        if isinstance(arrays, tuple):
+            return (self.normalize(arrays[0]),) + tuple(arrays[1:])
+        return self.normalize(arrays)
+
+    def normalize(self, x):
+        """Normalise a (N, 3, H, W) ``uint8`` NumPy or CuPy array: new ``float32``."""
+        if (getattr(x, 'dtype', None) != numpy.uint8 or x.ndim != 4
+                or x.shape[1] != 3):
+            raise ValueError(
+                'Normalize takes a batch of uint8 images of shape (N, 3, H, W), got {} {}. '
+                'Build the transforms with normalize=False (transforms.from_recipe(recipe, '
+                'normalize=False)): float32 transforms have normalised already.'.format(
+                    getattr(x, 'dtype', type(x).__name__), getattr(x, 'shape', '')))
+        device = chainer.backend.get_device_from_array(x)
+        if device.xp is numpy:
+            return transforms.normalize(x, self.mean, self.std)
+        if isinstance(device, chainer.backend.GpuDevice):
+            return self._normalize_cupy(x, device)
+        raise TypeError('Normalize works on NumPy and CuPy arrays, got an array on {}; '
+                        "use the '@numpy' or '@cupy:N' device".format(device))
+
+    def _normalize_cupy(self, x, device):
+        from chainer.backends import cuda
+        table = self._device_tables.get(device.device.id)
+        if table is None:
+            table = self._device_tables[device.device.id] = device.send(self.table)
+        y = cuda.cupy.empty(x.shape, dtype=numpy.float32)
+        cuda.elementwise(
+            'uint8 x, raw float32 table, int64 plane', 'float32 y',
+            'y = table[(i / plane) % 3 * 256 + x]',
+            'chainer_resnet_normalize_uint8')(x, table, x.shape[2] * x.shape[3], y)
+        return y

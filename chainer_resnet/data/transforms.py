@@ -1,13 +1,39 @@
-"""Transforms: ``(uint8 image, numpy.random.Generator)`` -> normalised float32 CHW.
+"""Transforms: ``(image, numpy.random.Generator)`` -> one CHW crop.
 
-Each transform is called as ``t(image, rng)`` with an RGB ``uint8``
-(H, W, 3) image and returns a C-contiguous ``float32`` (3, crop, crop)
-array, normalised as ``(x / 255 - mean) / std`` with ``mean`` and ``std`` in
-[0, 1] units (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`). Random
-transforms draw only from ``rng``, in a documented order, so a sample's
-augmentation is a function of its generator's seed
+Each transform is called as ``t(image, rng)``. ``image`` is an RGB
+``uint8`` (H, W, 3) array or a PIL image in any mode (what
+:class:`~chainer_resnet.data.loader.PILImages` gives: the decoded file,
+not yet converted to RGB or to an array). The output is C-contiguous
+(3, crop, crop), in one of two forms:
+
+- ``normalize=True`` (the default): ``float32``, ``(x / 255 - mean) / std``
+  with ``mean`` and ``std`` in [0, 1] units (:data:`IMAGENET_MEAN`,
+  :data:`IMAGENET_STD`), ready for the model;
+- ``normalize=False``: the ``uint8`` pixels before that step, a quarter of
+  the bytes to move between processes and to the device;
+  :class:`~chainer_resnet.data.loader.Normalize`, the converter, then
+  normalises the batch on the device and gives exactly the ``float32``
+  output of ``normalize=True``.
+
+Random transforms draw only from ``rng``, in a documented order, so a
+sample's augmentation is a function of its generator's seed
 (:class:`~chainer_resnet.data.sampling.AugmentedDataset` supplies it);
 evaluation transforms are deterministic and ignore ``rng``.
+
+The work stays in PIL until the output crop: a PIL image is cut, then
+converted to RGB (the conversion is per pixel, so it commutes with the
+cut), resized and mirrored in PIL, and only the crop becomes an array,
+one channel plane at a time. Nothing converts the whole decoded image to
+an array, and no array is transposed.
+
+Same pixels whatever the input, and as before: an image read as a PIL
+image and the same image read as an RGB array
+(:func:`~chainer_resnet.data.layouts.read_image`) give bit-identical
+outputs, and both are bit-identical to what these transforms returned
+before they took PIL images (the same crop boxes from the same draws, the
+same PIL resize, the same float32 operations;
+``tests/test_data_transforms.py`` checks this against the earlier code
+written out, on JPEG files in RGB, L and CMYK).
 
 Two families, one per recipe ``augmentation``:
 
@@ -33,43 +59,72 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """Per-channel RGB std of ImageNet training images, in [0, 1] units."""
 
-# Pillow >= 9.1 moved the filters into Image.Resampling; older ones only
-# have the module-level names.
+# Pillow >= 9.1 moved the filters into Image.Resampling and the flips into
+# Image.Transpose; older ones only have the module-level names.
 _BILINEAR = getattr(Image, 'Resampling', Image).BILINEAR
+_MIRROR = getattr(Image, 'Transpose', Image).FLIP_LEFT_RIGHT
 
 
-class _Normalize(object):
-    """Scale to [0, 1], subtract ``mean``, divide by ``std``, HWC -> CHW."""
+def check_mean_std(mean, std):
+    """``(mean, std)`` as tuples of 3 floats; ValueError unless they are
+    per-channel statistics in [0, 1] pixel units."""
+    mean = tuple(float(m) for m in mean)
+    std = tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(
+            'mean and std need one value per RGB channel, got mean={} '
+            'std={}'.format(mean, std))
+    if not all(0.0 <= m <= 1.0 for m in mean) or not all(
+            s > 0.0 for s in std):
+        raise ValueError(
+            'mean must lie in [0, 1] and std be positive (both in [0, 1] '
+            'pixel units, e.g. IMAGENET_MEAN, IMAGENET_STD), got mean={} '
+            'std={}. Divide 0-255 statistics by 255.'.format(mean, std))
+    return mean, std
 
-    def __init__(self, mean, std):
-        mean = tuple(float(m) for m in mean)
-        std = tuple(float(s) for s in std)
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(
-                'mean and std need one value per RGB channel, got mean={} '
-                'std={}'.format(mean, std))
-        if not all(0.0 <= m <= 1.0 for m in mean) or not all(
-                s > 0.0 for s in std):
-            raise ValueError(
-                'mean must lie in [0, 1] and std be positive (both in [0, 1] '
-                'pixel units, e.g. IMAGENET_MEAN, IMAGENET_STD), got mean={} '
-                'std={}. Divide 0-255 statistics by 255.'.format(mean, std))
-        self.mean = mean
-        self.std = std
+
+def normalize(x, mean, std):
+    """``(x / 255 - mean) / std`` of ``uint8`` images, as new C-contiguous float32.
+
+    ``x`` has the channel axis third from the end: (3, H, W), or a batch
+    (N, 3, H, W). The float32 operations are these four, in this order
+    (cast, divide by 255, subtract the mean, divide by the std), so the
+    result does not depend on the layout or batching of ``x``.
+    """
+    y = numpy.asarray(x).astype(numpy.float32, order='C')
+    y /= numpy.float32(255)
+    y -= numpy.asarray(mean, dtype=numpy.float32).reshape(3, 1, 1)
+    y /= numpy.asarray(std, dtype=numpy.float32).reshape(3, 1, 1)
+    return y
+
+
+class _Output(object):
+    """Mean, std and output form shared by the transforms."""
+
+    def __init__(self, mean, std, normalize=True):
+        self.mean, self.std = check_mean_std(mean, std)
+        self.normalized = bool(normalize)
 
     def normalize(self, image):
-        x = image.astype(numpy.float32) / numpy.float32(255)
-        x -= numpy.asarray(self.mean, dtype=numpy.float32)
-        x /= numpy.asarray(self.std, dtype=numpy.float32)
-        return numpy.ascontiguousarray(x.transpose(2, 0, 1))
+        """Normalise an RGB ``uint8`` (H, W, 3) image: ``float32`` (3, H, W)."""
+        return normalize(image.transpose(2, 0, 1), self.mean, self.std)
+
+    def _output(self, image, flip=False):
+        """The RGB PIL `image`, mirrored if `flip`, as the output array."""
+        if flip:
+            image = image.transpose(_MIRROR)
+        x = _planes(image)
+        return normalize(x, self.mean, self.std) if self.normalized else x
 
 
 def _check_image(image):
+    if isinstance(image, Image.Image):
+        return
     if (not isinstance(image, numpy.ndarray) or image.dtype != numpy.uint8
             or image.ndim != 3 or image.shape[2] != 3):
         raise ValueError(
-            'transforms take an RGB uint8 array of shape (H, W, 3), got {}'
-            .format(describe(image)))
+            'transforms take an RGB uint8 array of shape (H, W, 3) or a PIL '
+            'image, got {}'.format(describe(image)))
 
 
 def _check_rng(rng):
@@ -80,11 +135,48 @@ def _check_rng(rng):
             .format(type(rng).__name__))
 
 
+def _height_width(image):
+    if isinstance(image, Image.Image):
+        return image.size[1], image.size[0]
+    return image.shape[0], image.shape[1]
+
+
+def _rgb(image, box=None):
+    """`image` (array or PIL image), or its ``(top, left, height, width)`` box,
+    as an RGB PIL image: cut first, then converted."""
+    if isinstance(image, Image.Image):
+        if box is not None:
+            top, left, height, width = box
+            image = image.crop((left, top, left + width, top + height))
+        return image if image.mode == 'RGB' else image.convert('RGB')
+    if box is not None:
+        top, left, height, width = box
+        image = numpy.ascontiguousarray(image[top:top + height, left:left + width])
+    return Image.fromarray(image)
+
+
 def _resize(image, size):
-    """Bilinear (PIL) resize to ``size`` = (height, width)."""
+    """Bilinear (PIL) resize of a PIL image to ``size`` = (height, width)."""
     height, width = size
-    return numpy.asarray(
-        Image.fromarray(image).resize((width, height), _BILINEAR))
+    return image.resize((width, height), _BILINEAR)
+
+
+def _crop(image, top, left, size):
+    return image.crop((left, top, left + size, top + size))
+
+
+def _planes(image):
+    """An RGB PIL image as a (3, H, W) ``uint8`` array.
+
+    PIL packs each band on its own (``tobytes('raw', 'R')``): one copy per
+    plane, about 4x cheaper than transposing an (H, W, 3) array.
+    """
+    width, height = image.size
+    x = numpy.empty((3, height, width), dtype=numpy.uint8)
+    for c, band in enumerate('RGB'):
+        x[c] = numpy.frombuffer(image.tobytes('raw', band), dtype=numpy.uint8).reshape(
+            height, width)
+    return x
 
 
 def sample_crop_box(height, width, scale, ratio, rng):
@@ -129,12 +221,12 @@ def sample_crop_box(height, width, scale, ratio, rng):
     return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
 
 
-class TrainTransform(_Normalize):
+class TrainTransform(_Output):
     """Random-resized crop, random flip, normalise (training).
 
     Draws, in this order: the crop box (:func:`sample_crop_box`), then the
-    flip (probability 0.5). The crop is resized to ``crop_size`` squared
-    with PIL's bilinear filter.
+    flip (probability 0.5). The crop is cut out, converted to RGB, and
+    resized to ``crop_size`` squared with PIL's bilinear filter.
 
     Args:
         crop_size (int): output height and width.
@@ -143,14 +235,16 @@ class TrainTransform(_Normalize):
         scale (tuple of float): crop area range, fraction of the image.
         ratio (tuple of float): crop width / height range.
         flip (bool): mirror horizontally with probability 0.5.
+        normalize (bool): ``float32`` normalised output; ``False``: ``uint8``
+            (normalise with :class:`~chainer_resnet.data.loader.Normalize`).
 
-    Call ``t(image, rng)`` with an RGB ``uint8`` (H, W, 3) image and a
-    ``numpy.random.Generator``; returns ``float32`` (3, crop_size, crop_size).
+    Call ``t(image, rng)`` with an RGB ``uint8`` (H, W, 3) image or a PIL
+    image and a ``numpy.random.Generator``; returns (3, crop_size, crop_size).
     """
 
     def __init__(self, crop_size, mean, std, scale=(0.08, 1.0),
-                 ratio=(3 / 4, 4 / 3), flip=True):
-        super().__init__(mean, std)
+                 ratio=(3 / 4, 4 / 3), flip=True, normalize=True):
+        super().__init__(mean, std, normalize)
         self.crop_size = check_size('crop_size', crop_size)
         scale = tuple(float(s) for s in scale)
         ratio = tuple(float(r) for r in ratio)
@@ -169,19 +263,14 @@ class TrainTransform(_Normalize):
     def __call__(self, image, rng):
         _check_image(image)
         _check_rng(rng)
-        top, left, box_h, box_w = sample_crop_box(
-            image.shape[0], image.shape[1], self.scale, self.ratio, rng)
+        box = sample_crop_box(*_height_width(image), self.scale, self.ratio, rng)
         # Crop, then resize (as torchvision does): PIL's resize(box=...)
         # would also read pixels just outside the box.
-        crop = numpy.ascontiguousarray(
-            image[top:top + box_h, left:left + box_w])
-        out = _resize(crop, (self.crop_size, self.crop_size))
-        if self.flip and rng.random() < 0.5:
-            out = out[:, ::-1]
-        return self.normalize(out)
+        out = _resize(_rgb(image, box), (self.crop_size, self.crop_size))
+        return self._output(out, flip=self.flip and rng.random() < 0.5)
 
 
-class ValTransform(_Normalize):
+class ValTransform(_Output):
     """Resize the shorter side, centre crop, normalise (evaluation).
 
     The shorter side becomes ``round(crop_size * resize_ratio)`` (256 for
@@ -193,13 +282,14 @@ class ValTransform(_Normalize):
         mean (tuple of float): per-channel RGB mean in [0, 1] units.
         std (tuple of float): per-channel RGB std in [0, 1] units.
         resize_ratio (float): shorter side / crop size, at least 1.
+        normalize (bool): as in :class:`TrainTransform`.
 
     Call ``t(image, rng=None)``; ``rng`` is accepted and ignored so that
     train and validation transforms share a signature.
     """
 
-    def __init__(self, crop_size, mean, std, resize_ratio=256 / 224):
-        super().__init__(mean, std)
+    def __init__(self, crop_size, mean, std, resize_ratio=256 / 224, normalize=True):
+        super().__init__(mean, std, normalize)
         self.crop_size = check_size('crop_size', crop_size)
         if not resize_ratio >= 1:
             raise ValueError(
@@ -209,30 +299,32 @@ class ValTransform(_Normalize):
 
     def __call__(self, image, rng=None):
         _check_image(image)
-        height, width = image.shape[:2]
+        height, width = _height_width(image)
         short = int(round(self.crop_size * self.resize_ratio))
         if height <= width:
             size = (short, max(short, int(round(width * short / height))))
         else:
             size = (max(short, int(round(height * short / width))), short)
-        out = _resize(image, size)
+        out = _resize(_rgb(image), size)
         top = (size[0] - self.crop_size) // 2
         left = (size[1] - self.crop_size) // 2
-        out = out[top:top + self.crop_size, left:left + self.crop_size]
-        return self.normalize(out)
+        return self._output(_crop(out, top, left, self.crop_size))
 
 
-class _PreResized(_Normalize):
+class _PreResized(_Output):
     """Shared set-up of the two pre-resized transforms."""
 
-    def __init__(self, crop_size, mean, std, pre_size):
-        super().__init__(mean, std)
+    def __init__(self, crop_size, mean, std, pre_size, normalize):
+        super().__init__(mean, std, normalize)
         self.crop_size = check_size('crop_size', crop_size)
         self.pre_size = check_size('pre_size', pre_size)
         if self.pre_size < self.crop_size:
             raise ValueError(
                 'pre_size ({}) must be at least crop_size ({})'.format(
                     pre_size, crop_size))
+
+    def _square(self, image):
+        return _resize(_rgb(image), (self.pre_size, self.pre_size))
 
 
 class PreResizedRandomCropTransform(_PreResized):
@@ -249,23 +341,22 @@ class PreResizedRandomCropTransform(_PreResized):
         pre_size (int): side of the square the whole image is resized to
             (bilinear, aspect ratio not kept); at least ``crop_size``.
         flip (bool): mirror horizontally with probability 0.5.
+        normalize (bool): as in :class:`TrainTransform`.
     """
 
-    def __init__(self, crop_size, mean, std, pre_size=256, flip=True):
-        super().__init__(crop_size, mean, std, pre_size)
+    def __init__(self, crop_size, mean, std, pre_size=256, flip=True, normalize=True):
+        super().__init__(crop_size, mean, std, pre_size, normalize)
         self.flip = bool(flip)
 
     def __call__(self, image, rng):
         _check_image(image)
         _check_rng(rng)
-        out = _resize(image, (self.pre_size, self.pre_size))
+        out = self._square(image)
         slack = self.pre_size - self.crop_size
         top = int(rng.integers(0, slack + 1))
         left = int(rng.integers(0, slack + 1))
-        out = out[top:top + self.crop_size, left:left + self.crop_size]
-        if self.flip and rng.random() < 0.5:
-            out = out[:, ::-1]
-        return self.normalize(out)
+        return self._output(_crop(out, top, left, self.crop_size),
+                            flip=self.flip and rng.random() < 0.5)
 
 
 class PreResizedCenterCropTransform(_PreResized):
@@ -275,18 +366,17 @@ class PreResizedCenterCropTransform(_PreResized):
     Call ``t(image, rng=None)``; ``rng`` is ignored.
     """
 
-    def __init__(self, crop_size, mean, std, pre_size=256):
-        super().__init__(crop_size, mean, std, pre_size)
+    def __init__(self, crop_size, mean, std, pre_size=256, normalize=True):
+        super().__init__(crop_size, mean, std, pre_size, normalize)
 
     def __call__(self, image, rng=None):
         _check_image(image)
-        out = _resize(image, (self.pre_size, self.pre_size))
+        out = self._square(image)
         start = (self.pre_size - self.crop_size) // 2
-        out = out[start:start + self.crop_size, start:start + self.crop_size]
-        return self.normalize(out)
+        return self._output(_crop(out, start, start, self.crop_size))
 
 
-def from_recipe(recipe):
+def from_recipe(recipe, normalize=True):
     """The ``(train_transform, val_transform)`` pair of a recipe.
 
     ``recipe.augmentation == 'pre_resized'`` gives
@@ -299,6 +389,10 @@ def from_recipe(recipe):
 
     Args:
         recipe (chainer_resnet.recipes.Recipe): the recipe.
+        normalize (bool): ``float32`` normalised outputs (the default, ready
+            for the model); ``False``: ``uint8`` outputs, for a trainer that
+            normalises on the device with
+            ``loader.Normalize(recipe.mean, recipe.std)``.
 
     Returns:
         tuple: ``(train_transform, val_transform)``.
@@ -306,13 +400,15 @@ def from_recipe(recipe):
     if recipe.augmentation == 'pre_resized':
         train = PreResizedRandomCropTransform(
             recipe.crop_size, recipe.mean, recipe.std,
-            pre_size=recipe.pre_resize_size, flip=recipe.horizontal_flip)
+            pre_size=recipe.pre_resize_size, flip=recipe.horizontal_flip,
+            normalize=normalize)
         val = PreResizedCenterCropTransform(
             recipe.crop_size, recipe.mean, recipe.std,
-            pre_size=recipe.pre_resize_size)
+            pre_size=recipe.pre_resize_size, normalize=normalize)
     else:
         train = TrainTransform(
             recipe.crop_size, recipe.mean, recipe.std,
-            scale=(recipe.crop_area_min, 1.0), flip=recipe.horizontal_flip)
-        val = ValTransform(recipe.crop_size, recipe.mean, recipe.std)
+            scale=(recipe.crop_area_min, 1.0), flip=recipe.horizontal_flip,
+            normalize=normalize)
+        val = ValTransform(recipe.crop_size, recipe.mean, recipe.std, normalize=normalize)
     return train, val

@@ -192,9 +192,9 @@ def check_gpus(rows, results, rep):
         r, err = gpu_errors[0]
         rep.fail('rank {} ({}) has no GPU of its own: {}'.format(
             r, rows[r]['host'], err),
-            'give every rank a GPU: as many ranks per node as GPUs, and do not '
-            'restrict CUDA_VISIBLE_DEVICES per rank (srun --gpus-per-task/'
-            '--gpu-bind): the trainer takes GPU = local rank among the node\'s GPUs')
+            'give every rank a GPU: as many ranks per node as visible GPUs (the '
+            'trainer takes GPU = local rank among them), or exactly one GPU visible '
+            'to each rank (srun --gpus-per-task=1 / --gpu-bind: the trainer takes it)')
     # By bus id, not by CUDA_VISIBLE_DEVICES: a rank confined to one GPU
     # (cgroups) sees it as device 0 whichever GPU it is.
     seen = {}
