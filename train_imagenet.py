@@ -119,11 +119,14 @@ def main(argv=None):
     try:
         run(argv)
     except USER_ERRORS as e:
-        # A user error: say it without a traceback (once, if every rank has
-        # the same one: communication.from_rank0), and end every rank.
-        if getattr(e, 'collective_rank', 0) == 0:
+        # A user error: say it without a traceback (once, on rank 0, if every
+        # rank raised the same one: communication.from_rank0), and end every rank.
+        collective_rank = getattr(e, 'collective_rank', None)
+        if not collective_rank:
             print('error: {}'.format(e), file=sys.stderr, flush=True)
-        communication.abort_if_distributed(2)
+        if collective_rank is None:
+            # Raised on this rank alone: the others may wait in a collective.
+            communication.abort_if_distributed(2)
         return 2
     except Diverged as e:
         if e.rank == 0:
@@ -337,10 +340,12 @@ def _check_images(comm, data, max_bad):
            '--skip-bad-images allows {} per rank)'.format(sum(counts), comm.size, max(counts),
                                                         max_bad))
     if max(counts) > max_bad:
-        raise layouts.DatasetError(
+        error = layouts.DatasetError(
             '--check-images found {} unreadable image(s) (listed above, per rank). Replace '
             'them or remove them from the dataset, or pass --skip-bad-images N to train '
             'without them.'.format(sum(counts)))
+        error.collective_rank = comm.rank   # every rank stops here: no abort, one message
+        raise error
 
 
 def _diverged(error, comm, trainer, out, total_iters):
