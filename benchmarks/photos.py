@@ -58,7 +58,7 @@ import zipfile
 import numpy
 from PIL import Image
 
-from chainer_resnet.data.demo import default_data_dir
+from chainer_resnet.data.demo import default_data_dir, publish_staged
 
 SKIMAGE_REQUIREMENT = 'scikit-image==0.26.0'
 _WHEEL_GLOB = 'scikit_image-0.26.0-*.whl'
@@ -328,19 +328,7 @@ def _build(cache_dir, name, root, sources, count, seed):
                 'sizes_500': int((sizes.max(axis=1) == 500).sum()),
             },
         }
-        partial = os.path.join(staging, 'manifest.json.partial')
-        with open(partial, 'w') as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, os.path.join(staging, 'manifest.json'))
-        if os.path.exists(root):
-            old = tempfile.mkdtemp(prefix=name + '.tmp-', dir=cache_dir)
-            os.rename(root, os.path.join(old, 'damaged'))
-            os.rename(staging, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, root)
+        publish_staged(staging, root, manifest, prefix=name + '.tmp-', sort_keys=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

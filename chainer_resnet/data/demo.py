@@ -276,22 +276,33 @@ def _build_demo(cache_dir, root):
             manifest['splits'][name] = {
                 'list': list_name, 'count': len(rows),
                 'list_sha256': _sha256_file(os.path.join(staging, list_name))}
-        partial = os.path.join(staging, 'manifest.json.partial')
-        with open(partial, 'w') as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, os.path.join(staging, 'manifest.json'))
-        # A directory cannot be renamed over a non-empty one: move the
-        # damaged copy aside first; a crash in between leaves no root,
-        # which the next call rebuilds.
-        if os.path.exists(root):
-            old = tempfile.mkdtemp(prefix=_DEMO_NAME + '.tmp-', dir=cache_dir)
-            os.rename(root, os.path.join(old, 'damaged'))
-            os.rename(staging, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, root)
+        publish_staged(staging, root, manifest, prefix=_DEMO_NAME + '.tmp-')
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def publish_staged(staging, root, manifest, prefix, sort_keys=True):
+    """Finish a cache folder built in ``staging`` and move it to ``root``.
+
+    Writes ``manifest`` as ``staging/manifest.json`` (flushed, ``fsync``-ed,
+    renamed into place: a manifest is whole or absent), then renames
+    ``staging`` to ``root``. A folder cannot be renamed over a non-empty
+    one, so an existing (damaged) ``root`` is first moved into a temporary
+    folder named ``prefix...`` beside it and removed after; a crash in
+    between leaves no ``root``, which the next call rebuilds. Callers hold
+    the cache's lock.
+    """
+    partial = os.path.join(staging, 'manifest.json.partial')
+    with open(partial, 'w') as f:
+        json.dump(manifest, f, indent=1, sort_keys=sort_keys)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, os.path.join(staging, 'manifest.json'))
+    if os.path.exists(root):
+        old = tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(root))
+        os.rename(root, os.path.join(old, 'damaged'))
+        os.rename(staging, root)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, root)
