@@ -27,6 +27,7 @@
 #   PYTHON       the interpreter, as a path, after the virtualenv is on PATH
 #   LAUNCH       the launcher prefix (array), e.g. (mpirun -np 1024 ...)
 #   TRAIN_ARGV   the trainer's arguments (array)
+#   SCHEDULER    pbs, slurm or local
 # and the parameters below with their defaults filled in, under their own
 # names: the next chunk gets them by name (FORWARD_TO_NEXT_JOB, chunks.sh).
 #
@@ -52,28 +53,106 @@
 #   CHUNK          the number of this chunk (default 1; set by the previous one)
 #   TRAIN_ARGS     extra operational trainer flags, split on spaces
 #                  (e.g. "--loaderjobs 4"); hyperparameters belong in recipes
+#   WARNING_DELAY  seconds from the trainer's launch before a wall-time
+#                  warning is passed on to it (default 30: the ranks must
+#                  have started and installed their SIGUSR1 handler)
+#   WALLTIME_WARNING
+#                  PBS: seconds before the walltime at which the job warns
+#                  the trainer (default 300; 0: no warning). Slurm: the
+#                  #SBATCH --signal=B:USR1@300 directive (or SBATCH_SIGNAL)
 #   DRY_RUN        1: print the commands instead of running them
 #   REPO, JOB_SCRIPT
 #                  the repository (default: the submission folder) and the
 #                  script that is resubmitted
+#
+# The wall-time warning: SIGUSR1 to the job script (Slurm --signal=B:USR1
+# signals the batch shell only; PBS: chunks.sh's timer) is passed on, once, to
+# the launcher of the training, and each launcher passes it on to every rank
+# on every node (MPICH's hydra mpiexec, Open MPI's mpirun and srun do: tested
+# under a real Slurm, jobs/README.md). The trainer then stops after its
+# current iteration, snapshots, writes status.json with "stopped": "SIGUSR1"
+# and exits 0, and chunk_end submits the next chunk. SIGTERM and SIGINT are
+# passed on to whatever is launched, so that stopping the script stops its ranks.
 
 log() { printf 'job: %s\n' "$*"; }
 die() { printf 'job: error: %s\n' "$*" >&2; exit 2; }
 
-# Print a command as it would be typed (quoted), then run it unless DRY_RUN=1.
-launch() {
+# State of the launch in progress and of the warning (the traps' side).
+LAUNCH_PID=''           # the launcher running now (doctor or trainer)
+TRAINER_SINCE=''        # $SECONDS when the trainer's launcher started
+WARNING_RECEIVED=0      # the job got SIGUSR1
+WARNING_FORWARDED=0     # ... and passed it on to the trainer
+WAIT_INTERRUPTED=0      # a trap ran while run_launch waited
+
+on_warning() {
+    WAIT_INTERRUPTED=1
+    ((WARNING_RECEIVED == 0)) || return 0
+    WARNING_RECEIVED=1
+    if [[ -z "$TRAINER_SINCE" || -z "$LAUNCH_PID" ]]; then
+        log "wall-time warning (SIGUSR1) at $SECONDS s, before the training started"
+        return 0
+    fi
+    # A rank that has not installed its handler yet would die of SIGUSR1.
+    local early=$((TRAINER_SINCE + ${WARNING_DELAY:-30} - SECONDS))
+    if ((early > 0)); then
+        log "wall-time warning (SIGUSR1) at $SECONDS s, $((SECONDS - TRAINER_SINCE)) s after the training's launch: passing it on in $early s (WARNING_DELAY)"
+        sleep "$early"
+    fi
+    if kill -USR1 "$LAUNCH_PID" 2>/dev/null; then
+        # shellcheck disable=SC2034  # read by chunk_end (chunks.sh)
+        WARNING_FORWARDED=1
+        log "wall-time warning (SIGUSR1) passed on to the training at $SECONDS s (launcher PID $LAUNCH_PID); it stops after its current iteration with a snapshot"
+    fi
+}
+
+on_stop() {
+    WAIT_INTERRUPTED=1
+    log "got SIG$1: passing it on to the launch in progress"
+    if [[ -n "$LAUNCH_PID" ]]; then kill "-$1" "$LAUNCH_PID" 2>/dev/null || true; fi
+}
+
+# run_launch trainer|doctor COMMAND...: print COMMAND as it would be typed
+# (quoted), then run it unless DRY_RUN=1. In the background, waited for: bash
+# runs a trap only between commands, and the warning must reach the trainer
+# while it runs.
+run_launch() {
+    local kind=$1
+    shift
     local line
     printf -v line '%q ' "$@"
     printf 'job: + %s\n' "${line% }"
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         return 0
     fi
-    "$@"
+    "$@" &
+    LAUNCH_PID=$!
+    if [[ "$kind" == trainer ]]; then TRAINER_SINCE=$SECONDS; fi
+    local rc
+    while :; do
+        WAIT_INTERRUPTED=0
+        rc=0
+        wait "$LAUNCH_PID" || rc=$?
+        # A trap that runs ends the wait early (status > 128): wait again.
+        ((WAIT_INTERRUPTED && rc > 128)) || break
+    done
+    LAUNCH_PID=''
+    TRAINER_SINCE=''
+    return "$rc"
+}
+
+# launch COMMAND...: the one launch of the training (the wall-time warning is
+# passed on to it).
+launch() {
+    if ((WARNING_RECEIVED)); then
+        die "the wall-time warning (SIGUSR1) came before the training started: the job's time limit leaves no time to train. Ask for a longer --time / walltime, or for an earlier warning: SBATCH_SIGNAL=B:USR1@SECONDS (Slurm), WALLTIME_WARNING=SECONDS (PBS)"
+    fi
+    run_launch trainer "$@"
 }
 
 # job_setup SCHEDULER LAUNCHER [RANKS]: everything before the first launch.
 # SCHEDULER: pbs, slurm or local (RANKS ranks on this machine); LAUNCHER:
-# mpirun or srun. Sets NP, PYTHON, TRAIN_ARGV and LAUNCH.
+# mpirun or srun. Sets NP, PYTHON, TRAIN_ARGV, LAUNCH and SCHEDULER, and the
+# traps that pass the wall-time warning and SIGTERM/SIGINT on.
 job_setup() {
     local scheduler=$1 launcher=$2
     : "${RECIPE:=akiba2017}" "${DEVICE:=gpu}" "${GPUS_PER_NODE:=8}"
@@ -82,6 +161,13 @@ job_setup() {
     [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || die "GPUS_PER_NODE=$GPUS_PER_NODE is not a positive integer"
     [[ -z "${CHUNK_EPOCHS:-}" || "$CHUNK_EPOCHS" =~ ^[0-9]*\.?[0-9]+$ ]] \
         || die "CHUNK_EPOCHS=$CHUNK_EPOCHS is not a number of epochs"
+    [[ -z "${WARNING_DELAY:-}" || "$WARNING_DELAY" =~ ^[0-9]+$ ]] \
+        || die "WARNING_DELAY=$WARNING_DELAY is not a number of seconds"
+    trap on_warning USR1
+    trap 'on_stop TERM' TERM
+    trap 'on_stop INT' INT
+    # shellcheck disable=SC2034  # read by chunk_begin (chunks.sh)
+    SCHEDULER=$scheduler
     cd "$REPO" || die "cannot cd to REPO=$REPO"
 
     load_environment
@@ -122,6 +208,7 @@ job_setup() {
     train_argv "$nodes"
     if [[ -n "${LAUNCHER:-}" ]]; then
         read -r -a LAUNCH <<<"$LAUNCHER"
+        ((${#LAUNCH[@]} > 0)) || die "LAUNCHER='$LAUNCHER' holds no command"
         log "launcher (LAUNCHER): ${LAUNCH[*]}"
     else
         case "$launcher" in
@@ -145,7 +232,7 @@ load_environment() {
         read -r -a mods <<<"$MODULES"
         # Module files are not written for `set -u`.
         set +u
-        module load ${mods[@]+"${mods[@]}"} || die "module load ${mods[*]} failed"
+        module load ${mods[@]+"${mods[@]}"} || die "module load $MODULES failed"
         set -u
     fi
     if [[ -n "${VENV:-}" ]]; then
@@ -219,7 +306,7 @@ mpirun_launcher() {
     # Variables every rank must see; Open MPI forwards only what -x names
     # (hydra: -genvall, srun: --export=ALL forward everything). Not
     # CUDA_VISIBLE_DEVICES: it belongs to each node.
-    local to_ranks='^(PATH|LD_LIBRARY_PATH|PYTHONPATH|VIRTUAL_ENV|HOME|CUDA_HOME|CUDA_PATH|NCCL_[A-Z0-9_]+|UCX_[A-Z0-9_]+|CHAINER_[A-Z0-9_]+|CUPY_[A-Z0-9_]+|OMP_NUM_THREADS|MPLBACKEND)$'
+    local to_ranks='^(PATH|LD_LIBRARY_PATH|PYTHONPATH|VIRTUAL_ENV|HOME|CUDA_HOME|CUDA_PATH|NCCL_[A-Z0-9_]+|UCX_[A-Z0-9_]+|CHAINER_[A-Z0-9_]+|CUPY_[A-Z0-9_]+|MPI4PY_[A-Z0-9_]+|OMP_NUM_THREADS|MPLBACKEND)$'
     local site=()
     read -r -a site <<<"${MPIRUN_FLAGS:-}"
     local mpirun version flavour
@@ -291,6 +378,34 @@ preflight() {
         args+=(--ranks-only)
         log "SKIP_DOCTOR=1: checking the rank counts only"
     fi
-    launch "${LAUNCH[@]}" "$PYTHON" "${args[@]}" \
-        || die "preflight failed (see the FAIL: lines above); nothing was trained. SKIP_DOCTOR=1 skips the full doctor, never the rank count."
+    # The doctor's report also goes to a file: a doctor that printed no
+    # verdict line died before its report (below).
+    local report rc=0
+    report=$(mktemp "${TMPDIR:-/tmp}/doctor.XXXXXX")
+    run_launch doctor "${LAUNCH[@]}" "$PYTHON" "${args[@]}" | tee "$report" || rc=$?
+    if ((rc != 0)) && ! grep -q '^doctor: ' "$report"; then
+        doctor_died "$rc"
+    fi
+    rm -f "$report"
+    ((rc == 0)) || die "preflight failed (see the FAIL: lines above); nothing was trained. SKIP_DOCTOR=1 skips the full doctor, never the rank count."
+}
+
+# The doctor's ranks ended (status RC) before rank 0 printed its report: most
+# often MPI_Init aborted because the MPI library mpi4py loads cannot talk to
+# the launcher (its error is above). The FAIL line the doctor would print.
+doctor_died() {
+    local rc=$1 launcher=${LAUNCH[0]##*/}
+    local fix word mpi=''
+    # srun's interface: the last --mpi= wins (SRUN_FLAGS come after ours).
+    for word in "${LAUNCH[@]}"; do
+        if [[ "$word" == --mpi=* ]]; then mpi=$word; fi
+    done
+    case "$launcher" in
+        srun)
+            fix="the MPI library mpi4py runs on cannot speak the PMI that 'srun ${mpi:-(no --mpi)}' offers (MPICH from PyPI, MVAPICH or Intel MPI under --mpi=pmix: 'unsupported PMI version PMIx'; Open MPI under --mpi=pmi2 or none: 'OMPI was not built with SLURM's PMI support'). Launch with that MPI's own mpirun (jobs/slurm/mpirun.sh), or with a PMI it speaks (SRUN_FLAGS: Open MPI --mpi=pmix, the MPICH family --mpi=pmi2), or load the site's MPI (MODULES) and rebuild mpi4py against it: env MPICC=\$(which mpicc) pip install --no-binary=mpi4py --force-reinstall mpi4py" ;;
+        *)
+            fix="the MPI library mpi4py runs on and '$launcher' are probably of different MPIs (see the error above): launch with the mpirun of the MPI mpi4py uses (MPIRUN, or MODULES), or rebuild mpi4py against this one: env MPICC=\$(which mpicc) pip install --no-binary=mpi4py --force-reinstall mpi4py" ;;
+    esac
+    printf 'FAIL: the doctor ended (exit status %s) before its report: MPI did not start under %s\n  fix: %s\n' \
+        "$rc" "$launcher" "$fix"
 }

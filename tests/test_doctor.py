@@ -175,6 +175,28 @@ def test_mpirun_of_another_mpi_is_named(tmp_path):
     assert 'WARN  mpiexec on PATH is Open MPI but mpi4py runs on MPICH' in r.stdout
 
 
+def test_mpich_under_a_pmix_launcher_fails_before_mpi_init():
+    """srun --mpi=pmix with PyPI's MPICH: MPI_Init would abort with no report.
+    The doctor judges it from the environment, names the fix, and exits 1 on
+    every rank without starting MPI (rank 0 alone prints)."""
+    r = doctor_run('--expect-world-size', '2',
+                   env=clean_env(PMIX_RANK='0', PMIX_NAMESPACE='slurm.pmix.5.0',
+                                 SLURM_STEP_NUM_TASKS='2'))
+    assert r.returncode == 1, r.stdout
+    assert r.stdout.splitlines() == [
+        'chainer_resnet doctor: MPI not started, device cpu',
+        '== checks ==',
+        'FAIL: srun speaks PMIx (PMIX_RANK is set) but the MPI library mpi4py loads, MPICH '
+        'Version: 5.0.2, was built without PMIx: MPI_Init would abort ("unsupported PMI '
+        'version PMIx"), so MPI was not started',
+        r.stdout.splitlines()[3],
+        'doctor: 1 check(s) FAILED (see the FAIL: lines)']
+    assert r.stdout.splitlines()[3].startswith("  fix: launch with this MPI's own mpiexec")
+    other = doctor_run('--expect-world-size', '2',
+                       env=clean_env(PMIX_RANK='1', SLURM_STEP_NUM_TASKS='2'))
+    assert (other.returncode, other.stdout) == (1, '')
+
+
 def test_gpu_without_cupy_fails_with_a_fix():
     pytest.importorskip('mpi4py')
     try:

@@ -349,3 +349,89 @@ def test_software_findings_become_fail_and_warn_lines():
     assert failures == 1
     assert text == ['FAIL: CuPy is not importable (not installed)', '  fix: pip install cupy',
                     '  WARN  Chainer does not use cuDNN', '        fix: install cuDNN']
+
+
+# --- can MPI start: the launcher's PMI and the library, before MPI_Init ----------------
+
+# MPI_Get_library_version of PyPI's mpich 5.0.2 (the virtualenv's), as printed.
+PYPI_MPICH = """MPICH Version:      5.0.2
+MPICH Release date: Fri Sep 25 20:45:26 UTC 2026
+MPICH ABI:          18:2:6
+MPICH Device:       ch4:ucx ofi
+MPICH configure:    --with-device=ch4:ucx,ofi --with-pm=hydra:gforker
+MPICH CC:           cc
+"""
+OPEN_MPI = 'Open MPI v4.1.4, package: Debian OpenMPI, ident: 4.1.4, repo rev: v4.1.4'
+
+
+def test_mpich_without_pmix_under_a_pmix_launcher_fails_before_mpi_init():
+    text, failures = lines(checks.check_pmi, ('PMIx', 'PMIX_RANK', 'srun'), PYPI_MPICH)
+    assert failures == 1
+    assert text == [
+        'FAIL: srun speaks PMIx (PMIX_RANK is set) but the MPI library mpi4py loads, MPICH '
+        'Version: 5.0.2, was built without PMIx: MPI_Init would abort ("unsupported PMI '
+        'version PMIx"), so MPI was not started',
+        "  fix: launch with this MPI's own mpiexec (jobs/slurm/mpirun.sh, MPIRUN=mpiexec), "
+        "or load the site's MPI built with PMIx (MODULES) and rebuild mpi4py against it: "
+        'env MPICC=$(which mpicc) pip install --no-binary=mpi4py --force-reinstall mpi4py; '
+        "srun --mpi=pmi2 (SRUN_FLAGS=--mpi=pmi2) starts MPICH too, but PyPI's MPICH 5 on "
+        'Slurm 22.05 failed in MPI_Init once in a few launches ("mpi/pmi2: invalid client '
+        'request")']
+    # Open MPI's mpirun speaks PMIx too; the fix is its own.
+    text, _ = lines(checks.check_pmi, ('PMIx', 'PMIX_RANK', 'Open MPI mpirun'), PYPI_MPICH)
+    assert text[0].startswith('FAIL: Open MPI mpirun speaks PMIx')
+    assert 'MPI4PY_LIBMPI=libmpi.so.40' in text[1]
+
+
+@pytest.mark.parametrize('pmi, library', [
+    (('PMI-1/2', 'PMI_FD', 'srun'), PYPI_MPICH),            # srun --mpi=pmi2: MPICH speaks it
+    ((None, None, None), PYPI_MPICH),                          # a singleton
+    (('PMIx', 'PMIX_RANK', 'srun'), OPEN_MPI),                 # Open MPI has PMIx inside
+    (('PMIx', 'PMIX_RANK', 'srun'),                            # an MPICH built with PMIx
+     PYPI_MPICH.replace('--with-pm=hydra:gforker', '--with-pmix=/usr --with-pm=no')),
+    (('PMIx', 'PMIX_RANK', 'srun'), 'Intel(R) MPI Library 2021.10 for Linux* OS'),
+])
+def test_pmi_and_library_that_can_work_are_not_judged(pmi, library):
+    assert lines(checks.check_pmi, pmi, library) == ([], 0)
+
+
+# --- the network NCCL uses between nodes -----------------------------------------------
+
+def gpu_results(nets, detail=''):
+    return [{'nccl32': 0.0, 'nccl16': 0.0, 'fp16_mpi': 0.0, 'mpi_sum': 0, 'nccl_net': net,
+             'nccl_net_detail': detail} for net in nets]
+
+
+SOCKET = 'NET/Socket : Using [0]ib0:10.10.0.1<0> [1]eth0:192.168.1.21<0>'
+IB = 'NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB ; OOB ib0:10.10.0.1<0>'
+
+
+def test_nccl_over_sockets_between_nodes_fails_with_a_fix():
+    rows = job(2, 2)
+    rows[0]['forwarded'] = {'NCCL_IB_HCA': 'mlx5_0:1'}
+    text, failures = lines(checks.check_nccl_network, rows,
+                           gpu_results(['IB', 'IB', 'Socket', 'Socket'], SOCKET))
+    assert failures == 1
+    assert text == [
+        'FAIL: NCCL falls back to sockets (NET/Socket) between the nodes on 2 of 4 rank(s), '
+        'first rank 2 on node1 (' + SOCKET + '): allreduces over TCP, many times slower '
+        'than InfiniBand',
+        '  fix: NCCL_IB_HCA=mlx5_0:1 matches no HCA NCCL can use: let NCCL find the HCAs '
+        '(NCCL_IB_HCA empty) or name them as the nodes have them (ibstat, ibv_devices: e.g. '
+        'NCCL_IB_HCA=mlx5_0:1,mlx5_1:1); NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET shows '
+        'why IB was not used. A cluster without InfiniBand/RoCE: set NCCL_NET=Socket']
+    # Negative controls: the same ranks over IB; sockets asked for; one node.
+    text, failures = lines(checks.check_nccl_network, job(2, 2), gpu_results(['IB'] * 4, IB))
+    assert (text, failures) == (['  OK    NCCL between nodes: IB (' + IB + ')'], 0)
+    rows = job(2, 2)
+    rows[0]['forwarded'] = {'NCCL_NET': 'Socket'}
+    text, failures = lines(checks.check_nccl_network, rows, gpu_results(['Socket'] * 4))
+    assert failures == 0 and 'as NCCL_NET=Socket asks' in text[0]
+    assert lines(checks.check_nccl_network, job(4), gpu_results(['Socket'] * 4)) == ([], 0)
+
+
+def test_nccl_network_unknown_warns_and_no_communicator_is_silent():
+    text, failures = lines(checks.check_nccl_network, job(1, 1), gpu_results([None, 'IB']))
+    assert failures == 0 and text[0].startswith('  WARN  NCCL did not say which network')
+    no_comm = [{'mpi_sum': 3, 'comm_error': 'NcclError'}] * 2
+    assert lines(checks.check_nccl_network, job(1, 1), no_comm) == ([], 0)

@@ -4,6 +4,8 @@ import os
 import sys
 import types
 
+import pytest
+
 from chainer_resnet.communication import LOCAL_RANK_VARIABLES
 from chainer_resnet.doctor import checks, facts
 
@@ -67,3 +69,81 @@ def test_software_versions_on_cpu_name_every_library_and_find_nothing():
                                           'NCCL']
     assert dict(rows)['chainer'].startswith('7.8.1 ')
     assert findings == []      # CuPy, cuDNN and NCCL are judged only for --device gpu
+
+
+# --- the launcher's PMI, read before MPI starts --------------------------------------
+
+def clear_pmi(monkeypatch):
+    for name, _ in facts.PMI_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name in ('OMPI_COMM_WORLD_SIZE', 'SLURM_STEP_NUM_TASKS'):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize('env, expected', [
+    ({}, (None, None, None)),
+    # srun --mpi=pmix (what Slurm 22.05 set under tests/slurm/cluster.sh)
+    ({'PMIX_RANK': '0', 'PMIX_NAMESPACE': 'slurm.pmix.5.0', 'SLURM_STEP_NUM_TASKS': '2'},
+     ('PMIx', 'PMIX_RANK', 'srun')),
+    # srun --mpi=pmi2
+    ({'PMI_FD': '11', 'PMI_RANK': '0', 'SLURM_STEP_NUM_TASKS': '2'},
+     ('PMI-1/2', 'PMI_FD', 'srun')),
+    # Open MPI's mpirun (PMIx inside), MPICH's hydra
+    ({'PMIX_RANK': '1', 'OMPI_COMM_WORLD_SIZE': '2'}, ('PMIx', 'PMIX_RANK', 'Open MPI mpirun')),
+    ({'PMI_RANK': '0', 'PMI_PORT': 'vm:4242'}, ('PMI-1/2', 'PMI_PORT', 'the launcher')),
+])
+def test_launcher_pmi_from_the_environment(monkeypatch, env, expected):
+    clear_pmi(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert facts.launcher_pmi() == expected
+
+
+# --- which network NCCL chose, from its NCCL_DEBUG=INFO output ------------------------
+# NCCL's INFO lines (INIT and NET) as NCCL 2.18-2.21 prints them, written from
+# its format for these tests: this project's machines have no GPU to capture
+# them on. Host g01 of 2, 8 GPUs each.
+NCCL_IB_TWO_RAILS = """\
+g01:51234:51234 [0] NCCL INFO Bootstrap : Using ib0:10.10.0.1<0>
+g01:51234:51234 [0] NCCL INFO NET/Plugin : No plugin found (libnccl-net.so)
+g01:51234:51234 [0] NCCL INFO cudaDriverVersion 12040
+NCCL version 2.20.5+cuda12.4
+g01:51234:51301 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB ; OOB ib0:10.10.0.1<0>
+g01:51234:51301 [0] NCCL INFO Using non-device net plugin version 0
+g01:51234:51301 [0] NCCL INFO Using network IB
+g01:51234:51301 [0] NCCL INFO comm 0x55d0c8a0 rank 0 nranks 16 cudaDev 0 busId 7000 - Init START
+g01:51234:51301 [0] NCCL INFO Channel 00/0 : 15[7] -> 0[0] [receive] via NET/IB/0/GDRDMA
+g01:51234:51301 [0] NCCL INFO Channel 00/0 : 7[7] -> 8[0] [send] via NET/IB/1/GDRDMA
+"""
+# NCCL_IB_HCA=mlx5_0:1 where the HCAs are mlx5_2 and mlx5_3: no IB device, sockets.
+NCCL_SOCKET_FALLBACK = """\
+g01:51234:51234 [0] NCCL INFO Bootstrap : Using ib0:10.10.0.1<0>
+g01:51234:51234 [0] NCCL INFO NET/Plugin : No plugin found (libnccl-net.so)
+NCCL version 2.18.5+cuda12.2
+g01:51234:51301 [0] NCCL INFO NCCL_IB_HCA set to mlx5_0:1
+g01:51234:51301 [0] NCCL INFO NET/IB : No device found.
+g01:51234:51301 [0] NCCL INFO NET/Socket : Using [0]ib0:10.10.0.1<0> [1]eth0:192.168.1.21<0>
+g01:51234:51301 [0] NCCL INFO Using network Socket
+g01:51234:51301 [0] NCCL INFO Channel 00/0 : 7[7] -> 8[0] [send] via NET/Socket/0
+"""
+
+
+@pytest.mark.parametrize('text, expected', [
+    (NCCL_IB_TWO_RAILS, ('IB', 'NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB ; OOB '
+                               'ib0:10.10.0.1<0>')),
+    (NCCL_SOCKET_FALLBACK, ('Socket', 'NET/Socket : Using [0]ib0:10.10.0.1<0> '
+                                      '[1]eth0:192.168.1.21<0>')),
+    # Without the "Using network" line (older NCCL, or other subsystems): the
+    # connections say it.
+    ('h:1:2 [3] NCCL INFO Channel 01/0 : 7[7] -> 8[0] [send] via NET/Socket/1\n',
+     ('Socket', '')),
+    ('h:1:2 [3] NCCL INFO Channel 01/0 : 7[7] -> 8[0] [send] via NET/IB/0\n', ('IB', '')),
+    # Only the device lines.
+    ('NCCL INFO NET/IB : No device found.\nNCCL INFO NET/Socket : Using [0]eth0:1.2.3.4<0>\n',
+     ('Socket', 'NET/Socket : Using [0]eth0:1.2.3.4<0>')),
+    # One node, or NCCL_DEBUG not taken: nothing said.
+    ('NCCL version 2.20.5+cuda12.4\n', (None, '')),
+    ('', (None, '')),
+])
+def test_nccl_network_from_its_info_output(text, expected):
+    assert facts.nccl_network(text) == expected

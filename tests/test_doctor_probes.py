@@ -65,3 +65,21 @@ def test_run_probes_on_cpu_pass_the_checks_and_a_wrong_sum_does_not():
     rep = checks.Report()
     checks.check_mpi_sum(results, rep)
     assert rep.failures == 1
+
+
+def test_nccl_debug_log_sets_nccls_variables_and_reads_its_file(monkeypatch):
+    """What NCCL would do inside: read NCCL_DEBUG_FILE (%p: the pid) and write it."""
+    import os
+    monkeypatch.setenv('NCCL_DEBUG', 'WARN')
+    monkeypatch.delenv('NCCL_DEBUG_SUBSYS', raising=False)
+    with probes.nccl_debug_log() as read:
+        assert (os.environ['NCCL_DEBUG'], os.environ['NCCL_DEBUG_SUBSYS']) == (
+            'INFO', 'INIT,NET')
+        path = os.environ['NCCL_DEBUG_FILE'].replace('%p', str(os.getpid()))
+        assert read() == ''
+        with open(path, 'w') as f:
+            f.write('h:1:2 [0] NCCL INFO Using network IB\n')
+        assert read() == 'h:1:2 [0] NCCL INFO Using network IB\n'
+    assert os.environ['NCCL_DEBUG'] == 'WARN'
+    assert 'NCCL_DEBUG_SUBSYS' not in os.environ and 'NCCL_DEBUG_FILE' not in os.environ
+    assert not os.path.exists(os.path.dirname(path))

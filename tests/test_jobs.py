@@ -3,10 +3,13 @@
 The PBS and Slurm scripts run here under a simulated scheduler: the variables
 qsub/sbatch would set, and stub executables on PATH for what a cluster has:
 ``qsub``/``sbatch`` record what would be submitted (argv and environment),
-``qstat``/``squeue`` report this job's resources, ``srun`` starts the ranks
-with MPICH's ``mpiexec`` (or as singletons, like srun without PMIx), and a
-fake Open MPI ``mpirun`` checks its flags and hands over to ``mpiexec``. Each
-real run trains the smoke recipe on 2 CPU ranks (DEVICE=cpu, GPUS_PER_NODE=2).
+``qstat -f``/``scontrol show job`` report this job's resources (scontrol's
+text captured from a real Slurm), ``srun`` starts the ranks with MPICH's
+``mpiexec`` (or as singletons, like srun without PMIx), a fake Open MPI
+``mpirun`` checks its flags and hands over to ``mpiexec``, and a fake
+launcher records the signals the script passes on. Each real run trains the
+smoke recipe on 2 CPU ranks (DEVICE=cpu, GPUS_PER_NODE=2). The Slurm scripts
+also run under a real Slurm: tests/test_slurm.py.
 """
 
 import json
@@ -16,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 JOBS = ROOT / 'jobs'
 VENV = Path(sys.executable).parent.parent
 SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for p in JOBS.rglob('*.sh'))
+# The test cluster's scripts (tests/slurm) and CI's entry point: linted too.
+BASH_FILES = SCRIPTS + sorted(p.relative_to(ROOT).as_posix()
+                              for p in (ROOT / 'tests' / 'slurm').glob('*.sh')) + ['.ci/run']
 # Sourced by every job script: the launch path, and what happens between launches.
 LIBRARIES = ['jobs/common.sh', 'jobs/chunks.sh']
 LAUNCH_SCRIPTS = [s for s in SCRIPTS if s not in LIBRARIES]
@@ -53,7 +60,57 @@ for line in os.environ.get('FAKE_QSTAT', '').split(';'):
         print('    ' + line)
 '''
 
-SQUEUE_STUB = STUB_HEADER + 'print("30:00")\n'
+# `scontrol show job ID` of a running job, captured from the real Slurm of
+# tests/slurm/cluster.sh (22.05.8) for a job submitted with
+#   sbatch --nodes=2 --ntasks-per-node=4 --cpus-per-task=2 --gres=gpu:4
+#     --time=01:30:00 --job-name=akiba2017 --mem=1000 --account=chainer
+#     --qos=normal --constraint=fakegpu --reservation=chunks --exclusive
+#     --output=/tmp/logs/%x-%j.out --error=/tmp/logs/%x-%j.err
+# (QOS shows (null): that cluster keeps no accounting). Its job id, 45, is
+# {id} here: the stub prints it for the id asked for.
+CAPTURED_SCONTROL = """\
+JobId={id} JobName=akiba2017
+   UserId=root(0) GroupId=root(0) MCS_label=N/A
+   Priority=4294901715 Nice=0 Account=chainer QOS=(null)
+   JobState=RUNNING Reason=None Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0
+   RunTime=00:00:01 TimeLimit=01:30:00 TimeMin=N/A
+   SubmitTime=2026-12-01T23:52:20 EligibleTime=2026-12-01T23:52:20
+   AccrueTime=2026-12-01T23:52:20
+   StartTime=2026-12-01T23:52:21 EndTime=2026-12-02T01:22:21 Deadline=N/A
+   SuspendTime=None SecsPreSuspend=0 LastSchedEval=2026-12-01T23:52:21 Scheduler=Main
+   Partition=debug AllocNode:Sid=localhost:31250
+   ReqNodeList=(null) ExcNodeList=(null)
+   NodeList=node[1-2]
+   BatchHost=node1
+   NumNodes=2 NumCPUs=32 NumTasks=8 CPUs/Task=2 ReqB:S:C:T=0:0:*:*
+   TRES=cpu=32,node=2,billing=32
+   Socks/Node=* NtasksPerN:B:S:C=4:0:*:* CoreSpec=*
+   MinCPUsNode=8 MinMemoryNode=1000M MinTmpDiskNode=0
+   Features=fakegpu DelayBoot=00:00:00
+   Reservation=chunks
+   OverSubscribe=NO Contiguous=0 Licenses=(null) Network=(null)
+   Command=(null)
+   WorkDir=/work/main
+   StdErr=/tmp/logs/akiba2017-{id}.err
+   StdIn=/dev/null
+   StdOut=/tmp/logs/akiba2017-{id}.out
+   Power=
+   TresPerNode=gres:gpu:4
+
+"""
+# What the captured job's next chunk gets on sbatch's command line.
+CAPTURED_SCONTROL_OPTIONS = [
+    '--gres=gpu:4', '--cpus-per-task=2', '--mem=1000M', '--time=01:30:00',
+    '--partition=debug', '--account=chainer', '--reservation=chunks',
+    '--constraint=fakegpu', '--job-name=akiba2017', '--output=/tmp/logs/akiba2017-%j.out',
+    '--error=/tmp/logs/akiba2017-%j.err']
+
+# scontrol show job ID: $FAKE_SCONTROL (default: the capture) for that id.
+SCONTROL_STUB = STUB_HEADER + r'''
+import os, sys
+print(os.environ.get('FAKE_SCONTROL', %r).replace('{id}', sys.argv[-1]), end='')
+''' % CAPTURED_SCONTROL
 
 # srun: --mpi=pmix starts one MPI job (MPICH's mpiexec stands in for PMIx);
 # without it, or with FAKE_SRUN_SINGLETONS=1, N independent processes.
@@ -112,6 +169,38 @@ os.execvp('mpiexec', ['mpiexec', '-n', np] + args)
 '''
 
 
+# A launcher for LAUNCHER=...: records the signals it gets, then ends like the
+# doctor (a verdict line) or the trainer (status.json: stopped at 2 of 4).
+# FAKE_READY: a folder where it says it started; FAKE_DOCTOR_SECONDS: how long
+# the doctor takes (default 0; the trainer waits up to 30 s for a signal).
+FAKE_LAUNCHER = STUB_HEADER + r'''
+import json, os, signal, sys, time
+args = sys.argv[1:]
+doctor = 'chainer_resnet.doctor' in args
+got = []
+for signum in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(signum, lambda n, frame: got.append((signal.Signals(n).name, time.time())))
+started = time.time()
+open(os.path.join(os.environ['FAKE_READY'], 'doctor' if doctor else 'trainer'), 'w').close()
+wait = float(os.environ.get('FAKE_DOCTOR_SECONDS', '0')) if doctor else 30
+while time.time() < started + wait and not got:
+    time.sleep(0.02)
+time.sleep(1)                         # a second signal would come now
+with open(os.environ['STUB_LOG'], 'a') as f:
+    f.write(json.dumps({'tool': 'launcher', 'doctor': doctor, 'started': started,
+                        'got': got}) + '\n')
+if doctor:
+    print('doctor: all checks passed')
+    sys.exit(0)
+if any(name == 'SIGTERM' for name, _ in got):
+    sys.exit(143)
+out = args[args.index('--out') + 1]
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, 'status.json'), 'w') as f:
+    json.dump({'complete': False, 'iteration': 2, 'total_iters': 4, 'stopped': 'SIGUSR1'}, f)
+'''
+
+
 # --- fixtures ------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
@@ -119,8 +208,8 @@ def stubs(tmp_path_factory):
     """Folder of stub executables; `ompi` holds the fake Open MPI mpirun."""
     d = tmp_path_factory.mktemp('stubs')
     for name, text in (('qsub', SUBMIT_STUB), ('sbatch', SUBMIT_STUB),
-                       ('qstat', QSTAT_STUB), ('squeue', SQUEUE_STUB),
-                       ('srun', SRUN_STUB)):
+                       ('qstat', QSTAT_STUB), ('scontrol', SCONTROL_STUB),
+                       ('srun', SRUN_STUB), ('launcher', FAKE_LAUNCHER)):
         (d / name).write_text(text)
         (d / name).chmod(0o755)
     ompi = d / 'ompi'
@@ -168,11 +257,15 @@ def pbs_env(tmp, nodes=1, slots_per_node=2, jobid='1001.pbs'):
     nodefile.write_text(''.join(h + '\n' for h in hosts for _ in range(slots_per_node)))
     return {'PBS_JOBID': jobid, 'PBS_JOBNAME': 'akiba2017', 'PBS_O_WORKDIR': str(ROOT),
             'PBS_NODEFILE': str(nodefile), 'PBS_ENVIRONMENT': 'PBS_BATCH',
-            'PBS_QUEUE': 'workq',
+            'PBS_QUEUE': 'workq', 'PBS_O_QUEUE': 'gpu',
             'FAKE_QSTAT': 'Resource_List.select = 1:ncpus=4:ngpus=0:mpiprocs=2;'
                           'Resource_List.place = scatter:excl;'
                           'Resource_List.ncpus = 4;'
-                          'Resource_List.walltime = 00:30:00'}
+                          'Resource_List.walltime = 00:30:00;'
+                          'resources_used.walltime = 00:00:04;'
+                          'queue = workq;'
+                          'Account_Name = abc123;'
+                          'project = _pbs_project_default'}
 
 
 def slurm_env(nodes=1, ntasks=2, jobid='3001'):
@@ -241,14 +334,14 @@ def test_every_expected_script_exists():
     assert (JOBS / 'README.md').exists()
 
 
-@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('script', BASH_FILES)
 def test_bash_syntax(script):
     r = subprocess.run(['bash', '-n', script], cwd=str(ROOT), stderr=subprocess.PIPE,
                        universal_newlines=True)
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('script', BASH_FILES)
 def test_shellcheck(script):
     shellcheck = shutil.which('shellcheck', path=str(VENV / 'bin')) or shutil.which(
         'shellcheck')
@@ -256,6 +349,13 @@ def test_shellcheck(script):
     r = subprocess.run([shellcheck, '-x', '--severity=warning', script], cwd=str(ROOT),
                        stdout=subprocess.PIPE, universal_newlines=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_ci_ends_with_the_readme_test_command():
+    """CI starts the real Slurm for tests/test_slurm.py, then runs what a user runs."""
+    lines = [line.strip() for line in code_lines('.ci/run') if line.strip()]
+    assert lines[-1] == 'make test'
+    assert 'tests/slurm/cluster.sh up' in lines
 
 
 @pytest.mark.parametrize('script', LAUNCH_SCRIPTS)
@@ -326,6 +426,9 @@ def test_cluster_scripts_have_site_block_and_guard(script):
     for name in ('MODULES', 'VENV', 'TRAIN_LIST', 'VAL_LIST', 'DATA_ROOT',
                  'NCCL_IB_HCA', 'NCCL_SOCKET_IFNAME', 'NCCL_DEBUG'):
         assert name in site, name
+    # No HCA named by default: NCCL uses every one it finds (a name the nodes
+    # lack moved NCCL to sockets; one name of two used one rail).
+    assert 'export NCCL_IB_HCA="${NCCL_IB_HCA-}"' in site
     guard_var = 'PBS_JOBID' if script in PBS else 'SLURM_JOB_ID'
     # The guard comes before anything else is done.
     assert text.index(guard_var) < text.index('NOTE: site') < text.index('source ')
@@ -364,6 +467,8 @@ def test_slurm_directives(script):
         assert needed in d, needed
     assert any(x.startswith('--time=') for x in d)
     assert any(x.startswith('--cpus-per-task=') for x in d)
+    # The wall-time warning: SIGUSR1 to the batch shell, 300 s before the limit.
+    assert '--signal=B:USR1@300' in d
 
 
 @pytest.mark.parametrize('script', SCRIPTS)
@@ -377,6 +482,293 @@ def test_no_hyperparameters_in_scripts(script):
         assert not re.search(r'(?<![A-Za-z0-9_]){}\s*='.format(field), code), field
     for flag in ('--lr', '--batch', '--epochs', '--batchsize'):
         assert flag not in code
+
+
+# Arrays that can be empty: assigned () or filled by `read -a`. bash < 4.4
+# (RHEL 7: 4.2) treats "${a[@]}" of an empty array as unbound under set -u;
+# ${a[@]+"${a[@]}"} is safe everywhere.
+MAYBE_EMPTY = re.compile(r'(?:\b(\w+)=\(\s*\))|(?:\bread\s+(?:-\w+\s+)*-a\s+(\w+))')
+GUARDED = re.compile(r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}')
+EXPANDED = re.compile(r'\$\{(\w+)\[[@*]\]')
+# Filled by `read -a` but never empty where expanded: job_setup dies when
+# LAUNCHER splits into nothing.
+NEVER_EMPTY = {'LAUNCH'}
+
+
+def bare_empty_array_expansions(lines):
+    """(line, array) for each unguarded expansion of a possibly empty array."""
+    maybe = {a or b for line in lines for a, b in MAYBE_EMPTY.findall(line)} - NEVER_EMPTY
+    found = []
+    for line in lines:
+        for name in EXPANDED.findall(GUARDED.sub('', line)):
+            if name in maybe:
+                found.append((line.strip(), name))
+    return found
+
+
+@pytest.mark.parametrize('script', BASH_FILES)
+def test_no_bare_expansion_of_a_possibly_empty_array(script):
+    assert bare_empty_array_expansions(code_lines(script)) == []
+
+
+def test_bare_empty_array_expansions_are_detected():
+    lines = ['local site=()', 'read -r -a extra <<<"$X"', 'cmd+=("${site[@]}")',
+             'echo ${extra[*]}', 'cmd+=(${site[@]+"${site[@]}"})', 'n=${#extra[@]}',
+             'full=(a b)', 'run "${full[@]}"']
+    assert bare_empty_array_expansions(lines) == [('cmd+=("${site[@]}")', 'site'),
+                                                  ('echo ${extra[*]}', 'extra')]
+    assert "((${#LAUNCH[@]} > 0)) || die" in (JOBS / 'common.sh').read_text()
+
+
+def run_functions(tmp_path, stubs, code, **params):
+    """Run `code` in bash after sourcing jobs/common.sh and jobs/chunks.sh."""
+    env = base_env(tmp_path, stubs, **params)
+    return subprocess.run(
+        ['bash', '-c', 'set -euo pipefail; source jobs/common.sh; source jobs/chunks.sh; '
+         + code], cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
+
+
+# --- what the next chunk is given: read from the running job -------------------------
+
+def test_slurm_resources_from_captured_scontrol(tmp_path, stubs):
+    r = run_functions(tmp_path, stubs, 'slurm_job_resources', SLURM_JOB_ID=45)
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.split('\n')[:-1] == CAPTURED_SCONTROL_OPTIONS
+
+
+@pytest.mark.parametrize('changes, expected', [
+    # Slurm 23.02+ writes gres/gpu; a QOS where accounting is kept.
+    ({'TresPerNode=gres:gpu:4': 'TresPerNode=gres/gpu:8,gres/nvme:1',
+      'QOS=(null)': 'QOS=high'}, ['--gres=gpu:8,nvme:1', '--qos=high']),
+    # --gpus=16 and --mem-per-cpu instead; no reservation, account, features.
+    ({'TresPerNode=gres:gpu:4': 'TresPerJob=gres:gpu:16',
+      'MinMemoryNode=1000M': 'MinMemoryCPU=4G', 'Reservation=chunks': 'Reservation=(null)',
+      'Account=chainer': 'Account=(null)', 'Features=fakegpu': 'Features=(null)'},
+     ['--gpus=16', '--mem-per-cpu=4G']),
+    # Output and error in one file (no --error); the id inside another number stays.
+    ({'StdErr=/tmp/logs/akiba2017-{id}.err': 'StdErr=/scratch/r{id}9/akiba2017-{id}.out',
+      'StdOut=/tmp/logs/akiba2017-{id}.out': 'StdOut=/scratch/r{id}9/akiba2017-{id}.out',
+      'MinMemoryNode=1000M': 'MinMemoryNode=0'},
+     ['--output=/scratch/r459/akiba2017-%j.out']),
+])
+def test_slurm_resources_other_forms(tmp_path, stubs, changes, expected):
+    text = CAPTURED_SCONTROL
+    for old, new in changes.items():
+        assert old in text
+        text = text.replace(old, new)
+    r = run_functions(tmp_path, stubs, 'slurm_job_resources', SLURM_JOB_ID=45,
+                      FAKE_SCONTROL=text)
+    assert r.returncode == 0, r.stdout
+    options = r.stdout.split('\n')[:-1]
+    assert set(expected) <= set(options), options
+    if '--gpus=16' in expected:
+        assert not [o for o in options if o.startswith(
+            ('--gres', '--reservation', '--account', '--constraint', '--mem='))], options
+    if any(o.startswith('--output=/scratch') for o in expected):
+        assert not [o for o in options if o.startswith(('--error', '--mem'))], options
+
+
+# `qstat -f` of a running PBS Pro job, in the layout PBS Pro 2020-2022 prints
+# (4-space attributes, long values wrapped onto lines that begin with a tab).
+# Written for this test: no PBS server is reachable from here.
+PBSPRO_QSTAT_F = """\
+Job Id: 4242.pbs01
+    Job_Name = akiba2017
+    Job_Owner = alice@login01
+    resources_used.cpupercent = 1596
+    resources_used.cput = 01:02:03
+    resources_used.mem = 123456789kb
+    resources_used.ncpus = 256
+    resources_used.vmem = 234567890kb
+    resources_used.walltime = 00:12:34
+    job_state = R
+    queue = gpu_large
+    server = pbs01
+    Account_Name = abc123
+    Checkpoint = u
+    ctime = Mon Dec  1 10:00:00 2025
+    Error_Path = login01:/home/alice/chainer_resnet/akiba2017.e4242
+    exec_host = node001/0*16+node002/0*16+node003/0*16+node004/0*16+node005/0*16+
+\tnode006/0*16+node007/0*16+node008/0*16+node009/0*16+node010/0*16+node011/0
+\t*16+node012/0*16+node013/0*16+node014/0*16+node015/0*16+node016/0*16
+    Hold_Types = n
+    Join_Path = oe
+    Keep_Files = n
+    Mail_Points = a
+    Output_Path = login01:/home/alice/chainer_resnet/akiba2017.o4242
+    Priority = 0
+    Rerunable = True
+    Resource_List.mpiprocs = 128
+    Resource_List.ncpus = 256
+    Resource_List.ngpus = 128
+    Resource_List.nodect = 16
+    Resource_List.place = scatter:excl
+    Resource_List.select = 16:ncpus=16:ngpus=8:mpiprocs=8:mem=480gb:host_type=gp
+\tu_v100
+    Resource_List.walltime = 01:30:00
+    stime = Mon Dec  1 10:00:05 2025
+    session_id = 123456
+    jobdir = /home/alice
+    substate = 42
+    Variable_List = PBS_O_HOME=/home/alice,PBS_O_LANG=en_US.UTF-8,
+\tPBS_O_LOGNAME=alice,PBS_O_PATH=/usr/bin:/bin,PBS_O_QUEUE=gpu,
+\tCHUNK_EPOCHS=45,PBS_O_WORKDIR=/home/alice/chainer_resnet
+    project = imagenet-scaling
+    run_count = 1
+"""
+
+TORQUE_QSTAT_F = """\
+Job Id: 777.torque01
+    Job_Name = akiba2017
+    Job_Owner = bob@login
+    resources_used.walltime = 00:00:07
+    job_state = R
+    queue = batch
+    Account_Name = proj7
+    Resource_List.nodes = 16:ppn=16:gpus=8
+    Resource_List.nodect = 16
+    Resource_List.walltime = 04:00:00
+    Variable_List = PBS_O_QUEUE=batch,PBS_O_HOME=/home/bob
+"""
+
+
+@pytest.mark.parametrize('qstat, submit_queue, expected', [
+    (PBSPRO_QSTAT_F, 'gpu',
+     ['-l select=16:ncpus=16:ngpus=8:mpiprocs=8:mem=480gb:host_type=gpu_v100',
+      '-l place=scatter:excl', '-l walltime=01:30:00', '-q gpu', '-A abc123',
+      '-P imagenet-scaling', '-N akiba2017']),
+    (TORQUE_QSTAT_F, '', ['-l nodes=16:ppn=16:gpus=8', '-l walltime=04:00:00', '-q batch',
+                          '-A proj7', '-N akiba2017']),
+    (PBSPRO_QSTAT_F.replace('imagenet-scaling', '_pbs_project_default'), '',
+     ['-l select=16:ncpus=16:ngpus=8:mpiprocs=8:mem=480gb:host_type=gpu_v100',
+      '-l place=scatter:excl', '-l walltime=01:30:00', '-q gpu_large', '-A abc123',
+      '-N akiba2017']),
+], ids=['pbspro', 'torque', 'pbspro-default-project'])
+def test_pbs_resources_from_qstat_f(tmp_path, stubs, qstat, submit_queue, expected):
+    qstat_file = tmp_path / 'qstat.txt'
+    qstat_file.write_text(qstat)
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'qstat').write_text('#!/bin/sh\ncat "$FAKE_QSTAT_FILE"\n')
+    (fake / 'qstat').chmod(0o755)
+    r = run_functions(tmp_path, stubs, 'pbs_job_resources; pbs_seconds "$(pbs_job_attribute '
+                      'Resource_List.walltime)"', PBS_JOBID='4242.pbs01',
+                      PBS_O_QUEUE=submit_queue, FAKE_QSTAT_FILE=qstat_file,
+                      PATH=os.pathsep.join([str(fake), str(VENV / 'bin'), '/usr/bin',
+                                            '/bin']))
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.split('\n')[:-1]
+    assert lines[:-1] == expected
+    assert lines[-1] == ('5400' if 'pbs01' in qstat else '14400')
+
+
+@pytest.mark.parametrize('text, seconds', [('01:30:00', 5400), ('45:00', 2700), ('59', 59),
+                                           ('08:09:07', 29347), ('', 0)])
+def test_pbs_seconds(tmp_path, stubs, text, seconds):
+    r = run_functions(tmp_path, stubs, 'pbs_seconds "{}"'.format(text))
+    assert r.returncode == 0 and r.stdout.strip() == str(seconds), r.stdout
+
+
+# --- the wall-time warning and stop signals, with a fake launcher --------------------
+
+def signal_fake_launch(tmp_path, stubs, stage, signums, **params):
+    """smoke_cpu.sh with LAUNCHER=the fake launcher: once `stage` ('doctor' or
+    'trainer') has started, `signums` go to the script. (exit status, output,
+    the launcher's records)."""
+    ready = tmp_path / 'ready'
+    ready.mkdir()
+    env = base_env(tmp_path, stubs, LAUNCHER=stubs / 'launcher', FAKE_READY=ready,
+                   OUT=tmp_path / 'out', **params)
+    cwd = str(Path(env['STUB_LOG']).parent)
+    proc = subprocess.Popen(['bash', str(ROOT / 'jobs/local/smoke_cpu.sh')], env=env,
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (ready / stage).exists() and proc.poll() is None and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    for signum in signums:
+        os.kill(proc.pid, signum)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail('the script did not end:\n' + proc.communicate()[0])
+    return proc.returncode, out, records(tmp_path, 'launcher')
+
+
+def test_warning_is_passed_on_once_to_the_training(tmp_path, stubs):
+    # A second warning changes nothing.
+    rc, out, (doctor, trainer) = signal_fake_launch(
+        tmp_path, stubs, 'trainer', [signal.SIGUSR1, signal.SIGUSR1], WARNING_DELAY=0)
+    assert rc == 0, out
+    assert doctor['got'] == [] and [name for name, _ in trainer['got']] == ['SIGUSR1']
+    assert 'job: wall-time warning (SIGUSR1) passed on to the training at ' in out
+    assert 'job: stopped at iteration 2/4 by the wall-time warning (SIGUSR1)' in out
+    assert 'run the same command again' in out
+
+
+def test_warning_waits_for_the_ranks_to_start(tmp_path, stubs):
+    rc, out, launches = signal_fake_launch(tmp_path, stubs, 'trainer', [signal.SIGUSR1],
+                                           WARNING_DELAY=3)
+    assert rc == 0, out
+    (name, when), = launches[-1]['got']
+    assert name == 'SIGUSR1' and when - launches[-1]['started'] > 2, launches
+    assert re.search(r"after the training's launch: passing it on in [23] s "
+                     r"\(WARNING_DELAY\)", out), out
+
+
+def test_warning_before_the_training_stops_the_job(tmp_path, stubs):
+    rc, out, launches = signal_fake_launch(tmp_path, stubs, 'doctor', [signal.SIGUSR1],
+                                           FAKE_DOCTOR_SECONDS=3)
+    assert rc == 2, out
+    assert re.search(r'wall-time warning \(SIGUSR1\) at \d+ s, before the training started', out)
+    assert 'the job\'s time limit leaves no time to train' in out and 'SBATCH_SIGNAL' in out
+    assert [r['doctor'] for r in launches] == [True]
+
+
+def test_sigterm_stops_the_launch_too(tmp_path, stubs):
+    rc, out, launches = signal_fake_launch(tmp_path, stubs, 'trainer', [signal.SIGTERM])
+    assert rc == 143, out
+    assert 'job: got SIGTERM: passing it on to the launch in progress' in out
+    assert [name for name, _ in launches[-1]['got']] == ['SIGTERM']
+
+
+def test_pbs_warns_the_training_before_the_walltime(tmp_path, stubs):
+    """PBS has no warning signal: the job arms a timer, WALLTIME_WARNING s before
+    the walltime (qstat -f: 00:30:00, 4 s used)."""
+    out, doctor, train = cluster_dry_run(tmp_path, stubs, 'jobs/pbs/torque.sh', nodes=2)
+    assert 'job: wall-time warning (SIGUSR1) in 1496 s, 300 s before the walltime' in out
+    out, doctor, train = cluster_dry_run(tmp_path, stubs, 'jobs/pbs/pbspro.sh', nodes=2,
+                                         WALLTIME_WARNING=0)
+    assert 'wall-time warning' not in out
+
+
+@pytest.mark.parametrize('script, launcher', [('jobs/slurm/srun_pmix.sh', 'srun'),
+                                              ('jobs/pbs/pbspro.sh', 'mpirun')])
+def test_a_doctor_that_dies_before_its_report_gets_a_fail_line(tmp_path, stubs, script,
+                                                                launcher):
+    """MPI_Init aborting on every rank (an MPI that does not speak the launcher's
+    PMI) prints no report: the script says what happened and what to do."""
+    dying = tmp_path / launcher
+    dying.write_text('#!/bin/sh\necho "Abort(1): Runtime environment uses unsupported PMI '
+                     'version PMIx" >&2\nexit 7\n')
+    dying.chmod(0o755)
+    env = base_env(tmp_path, stubs, **smoke_params(tmp_path, tmp_path, MPIRUN=dying))
+    env['PATH'] = os.pathsep.join([str(tmp_path), env['PATH']])
+    env.update(pbs_env(tmp_path) if script in PBS else slurm_env())
+    if launcher == 'mpirun':      # a launcher whose family is known
+        env['LAUNCHER'] = str(dying)
+    r = run_script(script, env, timeout=60)
+    assert r.returncode == 2, r.stdout
+    assert 'FAIL: the doctor ended (exit status 7) before its report: MPI did not start ' \
+           'under {}'.format(launcher) in r.stdout
+    assert ("cannot speak the PMI that 'srun --mpi=pmix' offers" if launcher == 'srun'
+            else 'launch with the mpirun of the MPI mpi4py uses') in r.stdout
+    assert 'preflight failed' in r.stdout and 'nothing was trained' in r.stdout
+    (doctor,) = dry_commands(r.stdout)          # the training was never launched
+    assert 'chainer_resnet.doctor' in doctor
 
 
 # --- guards and dry runs (no MPI) ---------------------------------------------------
@@ -438,8 +830,10 @@ def test_dry_run_paper_scale_is_the_unchanged_recipe(tmp_path, stubs, script):
         assert launcher[launcher.index('--bind-to') + 1] == 'none'
         assert launcher[launcher.index('--mca') + 1:][:2] == ['mpi_warn_on_fork', '0']
         forwarded = {launcher[k + 1] for k, a in enumerate(launcher) if a == '-x'}
-        assert {'PATH', 'LD_LIBRARY_PATH', 'VIRTUAL_ENV', 'OMP_NUM_THREADS', 'NCCL_IB_HCA',
+        assert {'PATH', 'LD_LIBRARY_PATH', 'VIRTUAL_ENV', 'OMP_NUM_THREADS',
                 'NCCL_SOCKET_IFNAME', 'NCCL_DEBUG'} <= forwarded
+        # Empty by default: NCCL uses every HCA it finds (NCCL_IB_HCA set: -x).
+        assert 'NCCL_IB_HCA' not in forwarded
         assert 'STUB_LOG' not in forwarded and 'CUDA_VISIBLE_DEVICES' not in forwarded
         if script in PBS:
             assert launcher[launcher.index('--hostfile') + 1].endswith('nodefile-1001.pbs')
@@ -636,10 +1030,14 @@ def test_pbspro_chain_stops_resubmits_and_resumes(tmp_path, stubs, data_cache):
     argv = submitted['argv']
     assert argv[argv.index('-W') + 1] == 'depend=afterok:1001.pbs'
     assert argv[-1] == str(ROOT / 'jobs' / 'pbs' / 'pbspro.sh')
-    assert argv[argv.index('-q') + 1] == 'workq'
     resources = [argv[k + 1] for k, a in enumerate(argv) if a == '-l']
     assert resources == ['select=1:ncpus=4:ngpus=0:mpiprocs=2', 'place=scatter:excl',
                          'walltime=00:30:00']
+    # The queue it was submitted to (PBS_O_QUEUE), the account, the name; not
+    # the default project.
+    assert [argv[argv.index(o) + 1] for o in ('-q', '-A', '-N')] == [
+        'gpu', 'abc123', 'akiba2017']
+    assert '-P' not in argv
     variables = argv[argv.index('-v') + 1]
     for expected in ('CHUNK=2', 'CHUNK_EPOCHS=0.5', 'RECIPE=smoke', 'DEVICE=cpu',
                      'OUT={}'.format(out), "NCCL_IB_HCA='mlx5_0:1,mlx5_1:1'"):
@@ -676,8 +1074,10 @@ def test_slurm_srun_chain_stops_resubmits_and_resumes(tmp_path, stubs, data_cach
     (submitted,) = records(tmp_path, 'sbatch')
     argv = submitted['argv']
     assert '--dependency=afterok:3001' in argv and '--export=ALL' in argv
+    assert '--kill-on-invalid-dep=yes' in argv
     assert '--nodes=1' in argv and '--ntasks-per-node=2' in argv
-    assert '--time=30:00' in argv and '--partition=gpu' in argv
+    # Everything else the running job has, from `scontrol show job` (the capture).
+    assert argv[argv.index('--export=ALL') + 1:-1] == CAPTURED_SCONTROL_OPTIONS
     assert argv[-1] == str(ROOT / 'jobs' / 'slurm' / 'srun_pmix.sh')
     sent = submitted['env']
     assert sent['CHUNK'] == '2' and sent['OUT'] == str(out) and sent['CHUNK_EPOCHS'] == '0.5'
@@ -722,3 +1122,38 @@ def test_cupy_kernel_cache_defaults_to_node_local_disk():
     # 1,024 ranks compiling kernels into one shared $HOME is a start-up storm.
     text = (ROOT / 'jobs' / 'common.sh').read_text()
     assert 'export CUPY_CACHE_DIR="${CUPY_CACHE_DIR:-${TMPDIR:-/tmp}/' in text
+
+
+@pytest.mark.slow
+def test_torque_walltime_warning_stops_the_training_and_resubmits(tmp_path, stubs,
+                                                                  data_cache):
+    """PBS has no warning signal of its own: the job's timer sends it
+    WALLTIME_WARNING (300) s before the walltime (here 5:25, so after 25 s); the
+    trainer stops with a snapshot and the next chunk is submitted with this
+    job's resources."""
+    env = base_env(tmp_path, stubs, **smoke_params(
+        tmp_path, data_cache, WARNING_DELAY=10,
+        TRAIN_ARGS='--data-cache {} --loaderjobs 0 --set epochs=50'.format(data_cache)))
+    env.update(pbs_env(tmp_path, nodes=1, slots_per_node=4))
+    env['FAKE_QSTAT'] = ('Resource_List.nodes = 1:ppn=4;Resource_List.walltime = 00:05:25;'
+                         'resources_used.walltime = 00:00:00;queue = batch;'
+                         'Account_Name = proj7')
+    r = run_script('jobs/pbs/torque.sh', env)
+    assert r.returncode == 0, r.stdout[-6000:]
+    assert 'job: wall-time warning (SIGUSR1) in 25 s, 300 s before the walltime' in r.stdout
+    m = re.search(r'^Stopped by SIGUSR1 at iteration (\d+)/200 \(re-launch to continue\)\.$',
+                  r.stdout, re.M)
+    assert m, r.stdout[-6000:]
+    assert 'job: stopped at iteration {}/200 by the wall-time warning (SIGUSR1)'.format(
+        m.group(1)) in r.stdout
+    s = status(tmp_path / 'out')
+    assert (s['complete'], s['stopped'], s['iteration']) == (False, 'SIGUSR1',
+                                                             int(m.group(1)))
+    (submitted,) = records(tmp_path, 'qsub')
+    argv = submitted['argv']
+    assert argv[argv.index('-W') + 1] == 'depend=afterok:1001.pbs'
+    assert [argv[k + 1] for k, a in enumerate(argv) if a == '-l'] == [
+        'nodes=1:ppn=4', 'walltime=00:05:25']
+    assert [argv[argv.index(o) + 1] for o in ('-q', '-A', '-N')] == ['gpu', 'proj7',
+                                                                     'akiba2017']
+    shutil.rmtree(str(tmp_path / 'out'))         # ~620 MB of snapshots and model

@@ -16,6 +16,7 @@ They read no environment and start no MPI, so a test writes the rows of a
 
 import collections
 
+from chainer_resnet.doctor.facts import first_line
 from chainer_resnet.doctor.probes import fp16_tolerance
 
 FIX_SINGLETON = (
@@ -90,6 +91,42 @@ def check_software(findings, library, launchers, rep):
                          name, fam, lib_family),
                      'put the {} of the MPI mpi4py uses first on PATH (module '
                      'load), or rebuild mpi4py against this one'.format(name))
+
+
+def mpich_without_pmix(library):
+    """True for an MPICH whose version text (``MPI_Get_library_version``,
+    which lists its configure line) shows no PMIx: it aborts in MPI_Init under
+    a PMIx launcher ("unsupported PMI version PMIx"), as MPICH from PyPI does.
+    MVAPICH and Intel MPI print no configure line: not judged."""
+    return library.lstrip().startswith('MPICH Version:') and 'pmix' not in library.lower()
+
+
+def check_pmi(pmi, library, rep):
+    """Can MPI start at all? Judged before MPI_Init, which would abort.
+
+    ``pmi``: :func:`~chainer_resnet.doctor.facts.launcher_pmi`'s (interface,
+    evidence, launcher); ``library``: the whole ``MPI_Get_library_version``
+    text. Fails for an MPICH built without PMIx under a PMIx launcher
+    (srun --mpi=pmix, Open MPI's mpirun); silent otherwise.
+    """
+    interface, evidence, launcher = pmi
+    if interface != 'PMIx' or not mpich_without_pmix(library):
+        return
+    if launcher == 'Open MPI mpirun':
+        fix = ('launch with the mpiexec of the MPI that mpi4py uses (MPICH: its hydra '
+               'mpiexec), or make mpi4py use Open MPI: MPI4PY_LIBMPI=libmpi.so.40 for '
+               'the mpi4py wheel from PyPI, or rebuild it: env MPICC=$(which mpicc) pip '
+               'install --no-binary=mpi4py --force-reinstall mpi4py')
+    else:
+        fix = ('launch with this MPI\'s own mpiexec (jobs/slurm/mpirun.sh, MPIRUN=mpiexec), '
+               'or load the site\'s MPI built with PMIx (MODULES) and rebuild mpi4py '
+               'against it: env MPICC=$(which mpicc) pip install --no-binary=mpi4py '
+               '--force-reinstall mpi4py; srun --mpi=pmi2 (SRUN_FLAGS=--mpi=pmi2) starts '
+               'MPICH too, but PyPI\'s MPICH 5 on Slurm 22.05 failed in MPI_Init once in '
+               'a few launches ("mpi/pmi2: invalid client request")')
+    rep.fail('{} speaks PMIx ({} is set) but the MPI library mpi4py loads, {}, was built '
+             'without PMIx: MPI_Init would abort ("unsupported PMI version PMIx"), so '
+             'MPI was not started'.format(launcher, evidence, first_line(library)), fix)
 
 
 def check_world(rows, expected, rep):
@@ -262,3 +299,47 @@ def check_allreduces(device, results, rep):
                 'an allreduce returns wrong numbers: a mismatched or broken '
                 'MPI/NCCL; rerun with NCCL_DEBUG=INFO and compare library versions '
                 'on all nodes')
+
+
+def check_nccl_network(rows, results, rep):
+    """Between nodes, NCCL runs over InfiniBand/RoCE, not sockets.
+
+    ``results[r]['nccl_net']`` is the network NCCL chose on rank r (see
+    :func:`~chainer_resnet.doctor.facts.nccl_network`). On one node NCCL
+    needs no network: silent. Sockets between nodes fail, unless rank 0's
+    ``NCCL_NET=Socket`` asks for them (a cluster without InfiniBand); no
+    answer from NCCL is a warning.
+    """
+    if len({row['host'] for row in rows}) < 2:
+        return
+    found = [(r, res['nccl_net'], res.get('nccl_net_detail', ''))
+             for r, res in enumerate(results) if 'nccl_net' in res]
+    if not found:
+        return      # the communicator did not start: failed above
+    socket = [f for f in found if f[1] == 'Socket']
+    unknown = [f for f in found if f[1] is None]
+    if socket:
+        r, _, detail = socket[0]
+        if rows[0]['forwarded'].get('NCCL_NET', '').lower() == 'socket':
+            rep.ok('NCCL between nodes: sockets, as NCCL_NET=Socket asks ({})'.format(
+                detail or 'NET/Socket'))
+            return
+        hca = rows[0]['forwarded'].get('NCCL_IB_HCA')
+        rep.fail('NCCL falls back to sockets (NET/Socket) between the nodes on {} of {} '
+                 'rank(s), first rank {} on {}{}: allreduces over TCP, many times slower '
+                 'than InfiniBand'.format(
+                     len(socket), len(found), r, rows[r]['host'],
+                     ' ({})'.format(detail) if detail else ''),
+                 '{}let NCCL find the HCAs (NCCL_IB_HCA empty) or name them as the nodes '
+                 'have them (ibstat, ibv_devices: e.g. NCCL_IB_HCA=mlx5_0:1,mlx5_1:1); '
+                 'NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET shows why IB was not used. '
+                 'A cluster without InfiniBand/RoCE: set NCCL_NET=Socket'.format(
+                     'NCCL_IB_HCA={} matches no HCA NCCL can use: '.format(hca)
+                     if hca else ''))
+    elif unknown:
+        rep.warn('NCCL did not say which network it uses between the nodes (rank {})'.format(
+            unknown[0][0]), 'rerun with NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET and look '
+                 'for "Using network"')
+    else:
+        rep.ok('NCCL between nodes: {} ({})'.format(found[0][1], found[0][2] or 'NET/' +
+                                                   found[0][1]))

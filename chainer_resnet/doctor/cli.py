@@ -49,13 +49,24 @@ def run(argv=None):
         launchers = facts.probe_launchers()   # before MPI starts: no fork after it
 
     try:
-        from mpi4py import MPI
+        MPI = load_mpi()
     except Exception as e:
         print('FAIL: cannot start MPI through mpi4py: {}\n  fix: install mpi4py '
               'built against the site MPI (env MPICC=$(which mpicc) pip install '
               '--no-binary=mpi4py mpi4py) and load the same MPI module in the '
               'job'.format(e), flush=True)
         return 1
+    # An MPI that cannot speak the launcher's PMI aborts inside MPI_Init,
+    # before any report: judged first, from the environment and the library.
+    rep = checks.Report()
+    checks.check_pmi(facts.launcher_pmi(), MPI.Get_library_version(), rep)
+    if rep.failures:
+        if facts.launcher_rank() in (None, '0'):
+            print('\n'.join(['chainer_resnet doctor: MPI not started, device {}'.format(
+                args.device), '== checks =='] + rep.lines + [rep.verdict()]), flush=True)
+        return 1
+    if not MPI.Is_initialized():
+        MPI.Init_thread(MPI.THREAD_MULTIPLE)   # what importing mpi4py.MPI does by default
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
 
@@ -75,6 +86,17 @@ def run(argv=None):
     status = comm.bcast(status, root=0)
     faulthandler.cancel_dump_traceback_later()
     return status
+
+
+def load_mpi():
+    """mpi4py.MPI, imported without starting MPI (unless another import did)."""
+    import sys
+    if 'mpi4py.MPI' not in sys.modules:
+        import mpi4py
+        mpi4py.rc.initialize = False
+        mpi4py.rc.finalize = True
+    from mpi4py import MPI
+    return MPI
 
 
 def report(args, rows, results, mpi, software, launchers):
@@ -134,6 +156,8 @@ def report(args, rows, results, mpi, software, launchers):
         checks.check_mpi_sum(results, rep)
         checks.check_gpus(rows, results, rep)
         checks.check_allreduces(args.device, results, rep)
+        if args.device == 'gpu':
+            checks.check_nccl_network(rows, results, rep)
 
     out.extend(rep.lines)
     out.append(rep.verdict())

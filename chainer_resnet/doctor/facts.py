@@ -27,6 +27,11 @@ LAUNCHER_RANK_VARIABLES = ('OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'PMIX_RANK',
                            'SLURM_PROCID')
 # Environment that must be identical on every rank (forwarded by the launcher).
 FORWARDED_PREFIXES = ('NCCL_',)
+# What each process-management interface leaves in a rank's environment, in
+# the order they are looked for: PMIx (srun --mpi=pmix, Open MPI's mpirun),
+# then PMI-1/PMI-2 (MPICH's hydra, srun --mpi=pmi2).
+PMI_VARIABLES = (('PMIX_RANK', 'PMIx'), ('PMIX_NAMESPACE', 'PMIx'),
+                 ('PMI_FD', 'PMI-1/2'), ('PMI_PORT', 'PMI-1/2'), ('PMI_RANK', 'PMI-1/2'))
 
 
 def launcher_rank():
@@ -35,6 +40,27 @@ def launcher_rank():
         if name in os.environ:
             return os.environ[name]
     return None
+
+
+def launcher_pmi():
+    """(interface, evidence, launcher) of the launcher that started this process.
+
+    ``interface``: 'PMIx', 'PMI-1/2' or None (no launcher variables: a
+    singleton); ``evidence``: the variable that says so; ``launcher``: 'Open
+    MPI mpirun' (``OMPI_COMM_WORLD_SIZE``), 'srun' (``SLURM_STEP_NUM_TASKS``)
+    or 'the launcher'. Read before MPI starts: it is what MPI_Init will try
+    to talk to.
+    """
+    for name, interface in PMI_VARIABLES:
+        if name in os.environ:
+            if 'OMPI_COMM_WORLD_SIZE' in os.environ:
+                launcher = 'Open MPI mpirun'
+            elif 'SLURM_STEP_NUM_TASKS' in os.environ:
+                launcher = 'srun'
+            else:
+                launcher = 'the launcher'
+            return interface, name, launcher
+    return None, None, None
 
 
 def first_line(text):
@@ -69,6 +95,32 @@ def probe_launchers():
         except (OSError, subprocess.SubprocessError) as e:
             found.append((name, path, 'could not run --version: {}'.format(e)))
     return found
+
+
+def nccl_network(text):
+    """(network, detail) NCCL chose, from its ``NCCL_DEBUG=INFO`` output.
+
+    ``network``: 'IB' (InfiniBand or RoCE), 'Socket' (TCP), another net
+    plugin's name, or None when the text does not say; ``detail``: NCCL's
+    line naming the devices (``NET/IB : Using [0]mlx5_0:1/IB ...`` or
+    ``NET/Socket : Using [0]eth0:...``), '' if none. NCCL says it in
+    ``Using network X`` (2.x), and in each connection ``via NET/X/...``.
+    """
+    network, detail = None, ''
+    for line in text.splitlines():
+        info = line.split('NCCL INFO ', 1)[-1].strip()
+        if info.startswith('Using network '):
+            network = info[len('Using network '):].strip()
+        elif network is None and ' via NET/' in info:
+            network = info.split(' via NET/', 1)[1].split('/', 1)[0]
+        if info.startswith(('NET/IB : Using', 'NET/Socket : Using')):
+            detail = info
+    if network is None and 'NET/IB : No device found' in text and \
+            'NET/Socket : Using' in text:
+        network = 'Socket'
+    if network is not None and network.startswith('NET/Socket'):
+        network = 'Socket'
+    return network, detail
 
 
 def rank_facts(MPI):

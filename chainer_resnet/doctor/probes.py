@@ -8,6 +8,15 @@ and MPI are imported inside the functions.
 """
 
 
+import contextlib
+import os
+
+from chainer_resnet.doctor import facts
+
+# What the NCCL probe sets while it runs, to read which network NCCL chose.
+NCCL_DEBUG_VARIABLES = ('NCCL_DEBUG', 'NCCL_DEBUG_SUBSYS', 'NCCL_DEBUG_FILE')
+
+
 def run_probes(MPI, comm, device, intra_rank):
     """This rank's probe results: a dict, for the caller to gather to rank 0.
 
@@ -15,8 +24,10 @@ def run_probes(MPI, comm, device, intra_rank):
     ``gpu_bus`` (the GPU the trainer would take: id, 'id: name [bus]', PCI
     bus id) or ``gpu_error`` (why there is none); ``mpi_sum`` (the MPI sum of
     rank+1); ``fp16_mpi``, and ``nccl32`` and ``nccl16`` on GPU or ``naive``
-    on CPU (the max relative error of each allreduce); ``comm_error`` (the
-    ChainerMN communicator could not be created or used).
+    on CPU (the max relative error of each allreduce); ``nccl_net`` and
+    ``nccl_net_detail`` on GPU (:func:`~chainer_resnet.doctor.facts.nccl_network`
+    of NCCL's INFO output while the communicators started); ``comm_error``
+    (the ChainerMN communicator could not be created or used).
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     # Each collective step below runs on every rank; a rank that failed an
@@ -41,10 +52,13 @@ def run_probes(MPI, comm, device, intra_rank):
         if device == 'gpu':
             if gpu_ok:
                 target = chainer.get_device('@cupy:{}'.format(local['gpu']))
-                for key, dtype in (('nccl32', None), ('nccl16', 'float16')):
-                    mn = chainermn.create_communicator(
-                        'pure_nccl', allreduce_grad_dtype=dtype)
-                    local[key] = mean_grad_error(mn, rank, size, target)
+                with nccl_debug_log() as nccl_log:
+                    for key, dtype in (('nccl32', None), ('nccl16', 'float16')):
+                        mn = chainermn.create_communicator(
+                            'pure_nccl', allreduce_grad_dtype=dtype)
+                        local[key] = mean_grad_error(mn, rank, size, target)
+                    local['nccl_net'], local['nccl_net_detail'] = facts.nccl_network(
+                        nccl_log())
         else:
             mn = chainermn.create_communicator('naive')
             local['naive'] = mean_grad_error(
@@ -52,6 +66,38 @@ def run_probes(MPI, comm, device, intra_rank):
     except Exception as e:
         local['comm_error'] = '{}: {}'.format(type(e).__name__, e)
     return local
+
+
+@contextlib.contextmanager
+def nccl_debug_log():
+    """NCCL's INFO output (INIT and NET) to a file of this process while inside.
+
+    Yields a function that returns what NCCL wrote so far. NCCL reads its
+    variables once, at its first use in the process, so this must enclose
+    the first communicator; the user's values are back afterwards.
+    """
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix='chainer_resnet-doctor-nccl-')
+    saved = {name: os.environ.get(name) for name in NCCL_DEBUG_VARIABLES}
+    os.environ.update(NCCL_DEBUG='INFO', NCCL_DEBUG_SUBSYS='INIT,NET',
+                      NCCL_DEBUG_FILE=os.path.join(folder, 'nccl.%p.log'))
+
+    def read():
+        text = []
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), errors='replace') as f:
+                text.append(f.read())
+        return ''.join(text)
+    try:
+        yield read
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def mpi_rank_sum(MPI, comm):

@@ -20,8 +20,11 @@
 #        -v CHUNK_EPOCHS=45 jobs/pbs/torque.sh             # 16 nodes, 2 chunks
 # Chunks: with CHUNK_EPOCHS set, each job trains that many epochs, snapshots,
 #   and submits the next job (qsub -W depend=afterok:<this job>) until the
-#   recipe's epochs are done. Torque's qsub -v cannot carry commas: keep them
-#   out of variables passed at submission. See jobs/README.md.
+#   recipe's epochs are done. PBS sends no warning before the walltime: the
+#   script warns the training itself WALLTIME_WARNING (300) s before it, and
+#   the training stops with a snapshot; the next job continues. Torque's
+#   qsub -v cannot carry commas: keep them out of variables passed at
+#   submission. See jobs/README.md.
 # =============================================================================
 # Job name in qstat.
 #PBS -N akiba2017
@@ -61,9 +64,10 @@ JOB_SCRIPT=${JOB_SCRIPT:-$REPO/jobs/pbs/torque.sh}
 # mpirun of the loaded MPI, and site flags for it (e.g. --mca pml ucx).
 : "${MPIRUN=mpirun}"
 : "${MPIRUN_FLAGS=}"
-# NCCL: HCA ports (two rails: mlx5_0:1,mlx5_1:1), the interface for NCCL's
-# sockets (ip -br addr), WARN or INFO. Empty: NCCL decides.
-export NCCL_IB_HCA="${NCCL_IB_HCA-mlx5_0:1}"
+# NCCL: HCA ports to restrict it to (empty: every HCA NCCL finds, all
+# rails; a name the nodes do not have moves NCCL to sockets, which the
+# doctor fails), the interface for NCCL's sockets (ip -br addr), WARN or INFO.
+export NCCL_IB_HCA="${NCCL_IB_HCA-}"
 export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME-ib0}"
 export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
 # -----------------------------------------------------------------------------

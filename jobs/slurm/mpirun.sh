@@ -20,7 +20,9 @@
 #   CHUNK_EPOCHS=45 sbatch --nodes=16 --time=01:30:00 jobs/slurm/mpirun.sh
 # Chunks: with CHUNK_EPOCHS set, each job trains that many epochs, snapshots,
 #   and submits the next job (sbatch --dependency=afterok:<this job>) until
-#   the recipe's epochs are done. See jobs/README.md.
+#   the recipe's epochs are done. Warned 300 s before the time limit
+#   (--signal), the training stops with a snapshot; the next job continues.
+#   See jobs/README.md.
 # =============================================================================
 # Job name in squeue.
 #SBATCH --job-name=akiba2017
@@ -38,6 +40,10 @@
 #SBATCH --time=00:45:00
 # Log file: job name and job id.
 #SBATCH --output=%x-%j.out
+# Wall-time warning: SIGUSR1 to this script 300 s before the limit (Slurm may
+# send it up to 60 s earlier); the training stops with a snapshot and the next
+# chunk is submitted.
+#SBATCH --signal=B:USR1@300
 # site: partition and account, enabled by removing one '#'.
 ##SBATCH --partition=gpu
 ##SBATCH --account=project
@@ -65,9 +71,10 @@ JOB_SCRIPT=${JOB_SCRIPT:-$REPO/jobs/slurm/mpirun.sh}
 # mpirun of the loaded MPI, and site flags for it (e.g. --mca pml ucx).
 : "${MPIRUN=mpirun}"
 : "${MPIRUN_FLAGS=}"
-# NCCL: HCA ports (two rails: mlx5_0:1,mlx5_1:1), the interface for NCCL's
-# sockets (ip -br addr), WARN or INFO. Empty: NCCL decides.
-export NCCL_IB_HCA="${NCCL_IB_HCA-mlx5_0:1}"
+# NCCL: HCA ports to restrict it to (empty: every HCA NCCL finds, all
+# rails; a name the nodes do not have moves NCCL to sockets, which the
+# doctor fails), the interface for NCCL's sockets (ip -br addr), WARN or INFO.
+export NCCL_IB_HCA="${NCCL_IB_HCA-}"
 export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME-ib0}"
 export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
 # -----------------------------------------------------------------------------
