@@ -17,6 +17,7 @@ resumes from the newest snapshot in ``--out``.
 import argparse
 import collections
 import os
+import signal
 import sys
 
 import numpy
@@ -116,8 +117,11 @@ def _positive_float(text):
 
 def main(argv=None):
     """Command-line entry point; returns the exit status."""
+    # The wall-time warning (SIGUSR1) may come at any time, also before or
+    # after the training loop: its default action would kill this rank alone.
+    flag = cr_ext.SignalFlag(signal.SIGUSR1)
     try:
-        run(argv)
+        run(argv, stop_flag=flag)
     except USER_ERRORS as e:
         # A user error: say it without a traceback (once, on rank 0, if every
         # rank raised the same one: communication.from_rank0), and end every rank.
@@ -134,11 +138,17 @@ def main(argv=None):
         if not e.collective:
             communication.abort_if_distributed(EXIT_DIVERGED)
         return EXIT_DIVERGED
+    finally:
+        flag.restore()
     return 0
 
 
-def run(argv=None):
-    """Parse `argv`, train, and return the finished Chainer Trainer."""
+def run(argv=None, stop_flag=None):
+    """Parse `argv`, train, and return the finished Chainer Trainer.
+
+    `stop_flag` (extensions.SignalFlag): the process-wide wall-time warning
+    flag; without one, the handler is installed for the training loop only.
+    """
     args = parse_args(argv)
     recipe = recipes.resolve(args.recipe, args.set)
     out = args.out or os.path.join('results', recipe.name)
@@ -188,14 +198,18 @@ def run(argv=None):
     model.to_device(device)
 
     # 6. Each rank reads its own images (indices were scattered, not data).
-    train_tf, val_tf = transforms.from_recipe(recipe)
-    train_set = sampling.AugmentedDataset(data.train_base, train_tf, recipe.seed,
-                                          indices=data.train_local)
-    val_set = sampling.AugmentedDataset(data.val_base, val_tf, recipe.seed,
-                                        indices=data.val_local)
+    #    Decoded images stay PIL until the crop, and the loader processes send
+    #    uint8: the converters normalise on the device (loader.Normalize; the
+    #    same pixels as float32 transforms, a quarter of the bytes).
+    train_tf, val_tf = transforms.from_recipe(recipe, normalize=False)
+    train_set = sampling.AugmentedDataset(loader.PILImages(data.train_base), train_tf,
+                                          recipe.seed, indices=data.train_local)
+    val_set = sampling.AugmentedDataset(loader.PILImages(data.val_base), val_tf,
+                                        recipe.seed, indices=data.val_local)
     sampler = sampling.EpochOrderSampler(len(train_set), recipe.seed)
     train_iter, val_iter = loader.iterators(train_set, val_set, recipe.batch_per_worker,
                                             sampler, args.loaderjobs)
+    normalize = loader.Normalize(recipe.mean, recipe.std)
     if args.check_images:
         _check_images(comm, data, args.skip_bad_images)
 
@@ -210,7 +224,8 @@ def run(argv=None):
     #    so every rank evaluates and snapshots at the same iterations.
     updater = cr_ext.TimedUpdater(
         train_iter, optimizer, workers=comm.size, device=device,
-        converter=loader.BadSampleGuard(args.skip_bad_images, mode='replace'))
+        converter=loader.BadSampleGuard(args.skip_bad_images, converter=normalize,
+                                         mode='replace'))
     stop = cr_ext.ChunkStopTrigger(total_iters, chunk_iters=_chunk_iters(args, ipe))
     trainer = chainer.training.Trainer(updater, stop, out=out)
     eval_points = cr_ext.points(recipe.eval_interval_epochs * ipe, total_iters)
@@ -223,7 +238,7 @@ def run(argv=None):
     #    snapshots. The schedules also run at initialisation (resume-safe).
     for name, extension in sched.extensions():
         trainer.extend(extension, name=name)
-    stop_signal = cr_ext.StopOnSignal(comm, stop)
+    stop_signal = cr_ext.StopOnSignal(comm, stop, flag=stop_flag)
     trainer.extend(stop_signal)
     bn_sync = None
     if recipe.batch_norm == 'last_batch':
@@ -232,7 +247,8 @@ def run(argv=None):
         trainer.extend(bn_sync, trigger=snap_trigger, name='bn_allreduce_snapshot')
     trainer.extend(cr_ext.ExactEvaluator(
         val_iter, model, comm, device=device,
-        converter=loader.BadSampleGuard(args.skip_bad_images, mode='drop')),
+        converter=loader.BadSampleGuard(args.skip_bad_images, converter=normalize,
+                                         mode='drop')),
         trigger=eval_trigger)
     # Written atomically by rank 0 in a background thread (uncompressed: zlib
     # on ~300 MB costs more time than the disk space is worth); on resume rank

@@ -9,7 +9,8 @@
 - :class:`ChunkStopTrigger`, :class:`PointsTrigger` and :func:`points`: when
   a launch stops, evaluates and snapshots.
 - :func:`extend_reporting`, :class:`LogPlots`: rank 0's log, printed table, plots, progress.
-- :class:`StopOnSignal`: a wall-time warning signal stops every rank cleanly.
+- :class:`StopOnSignal`, :class:`SignalFlag`: a wall-time warning signal stops every
+  rank cleanly.
 """
 
 import functools
@@ -392,6 +393,32 @@ def _at_end(trainer):
     return end is not None and trainer.updater.iteration >= end
 
 
+class SignalFlag:
+    """A flag set when ``signum`` arrives, for the whole life of the process.
+
+    The job script forwards the scheduler's wall-time warning to every rank
+    whenever it comes: during start-up, training, or the final evaluation.
+    SIGUSR1's default action terminates the process, so the handler is
+    installed first thing in ``main()`` and kept until it returns; a warning
+    that arrives outside the training loop is then harmless (before it, the
+    first iteration stops; after it, the run is finishing anyway).
+    ``restore()`` puts the previous handler back (for in-process callers).
+    """
+
+    def __init__(self, signum=signal.SIGUSR1):
+        self.signum = signum
+        self.received = False
+        self._previous = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+
 class StopOnSignal(extension.Extension):
     """Stop every rank after the current iteration when any rank receives ``signum``.
 
@@ -408,24 +435,31 @@ class StopOnSignal(extension.Extension):
         comm: the ChainerMN communicator.
         chunk_stop (ChunkStopTrigger): the trainer's stop trigger.
         signum: the signal (default SIGUSR1).
+        flag (SignalFlag): a process-wide flag installed by the caller (the
+            trainer's ``main()``); without one, the extension installs its own
+            handler for the duration of ``trainer.run()``.
     """
 
     trigger = 1, 'iteration'
     priority = extension.PRIORITY_WRITER + 20
 
-    def __init__(self, comm, chunk_stop, signum=signal.SIGUSR1):
+    def __init__(self, comm, chunk_stop, signum=signal.SIGUSR1, flag=None):
+        if flag is not None and flag.signum != signum:
+            raise ValueError('flag is for signal {}, not {}'.format(flag.signum, signum))
         self.comm = comm
         self.chunk_stop = chunk_stop
         self.signum = signum
-        self.requested = False
+        self.flag = flag
         self.stopped_by = None
-        self._previous = None
+        self._own = None
 
-    def _handle(self, signum, frame):
-        self.requested = True
+    @property
+    def requested(self):
+        return bool(self.flag is not None and self.flag.received)
 
     def initialize(self, trainer):
-        self._previous = signal.signal(self.signum, self._handle)
+        if self.flag is None:
+            self.flag = self._own = SignalFlag(self.signum)
 
     def __call__(self, trainer):
         from mpi4py import MPI
@@ -434,9 +468,9 @@ class StopOnSignal(extension.Extension):
             self.stopped_by = signal.Signals(self.signum).name
 
     def finalize(self):
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        if self._own is not None:
+            self._own.restore()
+            self._own = self.flag = None
 
 
 def _hyperparameter(trainer, name):

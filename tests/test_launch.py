@@ -172,3 +172,50 @@ def test_sigusr1_to_one_rank_stops_every_rank_with_a_snapshot(tmp_path, data_cac
                                  '--set', 'log_interval_iters=1'))
     assert code == 0, text
     assert json.loads((out / 'status.json').read_text())['complete'] is True
+
+
+def test_a_warning_before_or_after_the_training_loop_does_not_kill_a_rank(tmp_path, data_cache):
+    # The scheduler's warning can come during start-up or the final save:
+    # main() holds the handler from its first line until it returns.
+    def probe(entry):
+        cmd = trainer_cmd(tmp_path / entry, data_cache)
+        k = cmd.index(os.path.join(ROOT, 'train_imagenet.py'))
+        cmd[k:k + 1] = [os.path.join(HERE, 'signal_window_probe.py'), entry]
+        return run(cmd)
+    code, text = probe('main')
+    assert code == 0, text
+    assert re.search(r'^Stopped by SIGUSR1 at iteration 1/\d+ \(re-launch to continue\)\.$',
+                     text, re.M), text
+    assert json.loads((tmp_path / 'main' / 'status.json').read_text())['stopped'] == 'SIGUSR1'
+    # Negative control: without main()'s handler, the early warning kills the ranks.
+    code, text = probe('run')
+    assert code != 0 and 'Stopped by SIGUSR1' not in text, text
+
+
+WIRING_PROBE = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy
+import train_imagenet
+from chainer_resnet import recipes
+from chainer_resnet.data import sampling, transforms
+trainer = train_imagenet.run(sys.argv[2:])
+train = trainer.updater.get_iterator('main').dataset
+assert train[0][0].dtype == numpy.uint8, train[0][0].dtype      # loaders send uint8
+recipe = recipes.resolve('smoke', [])
+float_tf = transforms.from_recipe(recipe)[0]                     # the float32 path
+reference = sampling.AugmentedDataset(train.base.base, float_tf, recipe.seed, train.indices)
+for i in (0, 5, len(train) + 3):                                 # epoch 0 and epoch 1 draws
+    x, t = trainer.updater.converter([train[i]], trainer.updater.device)
+    numpy.testing.assert_array_equal(x[0], reference[i][0])
+    assert x.dtype == numpy.float32 and t[0] == reference[i][1]
+print('wiring ok')
+'''
+
+
+def test_the_trainer_sends_uint8_and_trains_on_the_float32_transform_pixels(tmp_path,
+                                                                            data_cache):
+    code, text = run([sys.executable, '-c', WIRING_PROBE, ROOT, '--recipe', 'smoke',
+                      '--out', str(tmp_path / 'run'), '--data-cache', data_cache,
+                      '--loaderjobs', '0', '--no-progress', '--stop-after-iters', '1'])
+    assert code == 0 and 'wiring ok' in text, text
