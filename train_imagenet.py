@@ -28,7 +28,8 @@ import chainer.links as L
 
 from chainer_resnet import communication
 from chainer_resnet import extensions as cr_ext
-from chainer_resnet import optimizers, recipes, resnet, schedules, snapshots, status
+from chainer_resnet import (batch_normalization, optimizers, recipes, resnet, schedules,
+                            snapshots, status)
 from chainer_resnet.communication import print0
 from chainer_resnet.data import demo, layouts, loader, sampling, transforms
 
@@ -172,7 +173,9 @@ def run(argv=None, stop_flag=None):
     #    (open_data: start-up costs per rank that do not grow with the ranks).
     data = open_data(args, recipe, comm)
     n_train = len(data.train_ids)
-    sched = schedules.from_recipe(recipe, comm.size, n_train)
+    # Workers are ranks x virtual workers per rank: batch, lr, iterations.
+    k = recipe.virtual_workers_per_rank
+    sched = schedules.from_recipe(recipe, recipe.workers(comm.size), n_train)
     ipe, total_iters = sched.iters_per_epoch, sched.total_iters
 
     # 4. Rank 0 prints the derived quantities and writes the effective recipe.
@@ -202,13 +205,22 @@ def run(argv=None, stop_flag=None):
     #    uint8: the converters normalise on the device (loader.Normalize; the
     #    same pixels as float32 transforms, a quarter of the bytes).
     train_tf, val_tf = transforms.from_recipe(recipe, normalize=False)
-    train_set = sampling.AugmentedDataset(loader.PILImages(data.train_base), train_tf,
-                                          recipe.seed, indices=data.train_local)
+    #    With k virtual workers one stream gives each iteration's k
+    #    micro-batches, each the batch that worker would read as a rank.
+    shards = [sampling.AugmentedDataset(loader.PILImages(data.train_base), train_tf,
+                                        recipe.seed, indices=shard)
+              for shard in data.train_shards]
+    if k == 1:
+        train_set = shards[0]
+        sampler = sampling.EpochOrderSampler(len(train_set), recipe.seed)
+    else:
+        train_set = sampling.VirtualWorkerStream(shards, recipe.batch_per_worker, recipe.seed)
+        sampler = sampling.StreamOrderSampler(len(train_set))
     val_set = sampling.AugmentedDataset(loader.PILImages(data.val_base), val_tf,
                                         recipe.seed, indices=data.val_local)
-    sampler = sampling.EpochOrderSampler(len(train_set), recipe.seed)
-    train_iter, val_iter = loader.iterators(train_set, val_set, recipe.batch_per_worker,
-                                            sampler, args.loaderjobs)
+    train_iter, val_iter = loader.iterators(
+        train_set, val_set, recipe.batch_per_worker * k, sampler, args.loaderjobs,
+        val_batch=recipe.batch_per_worker)
     normalize = loader.Normalize(recipe.mean, recipe.std)
     if args.check_images:
         _check_images(comm, data, args.skip_bad_images)
@@ -222,8 +234,12 @@ def run(argv=None, stop_flag=None):
 
     # 8. Updater and trainer; iteration triggers derived from global numbers,
     #    so every rank evaluates and snapshots at the same iterations.
+    bn_statistics = None
+    if k > 1 and recipe.batch_norm == 'last_batch':
+        bn_statistics = batch_normalization.VirtualWorkerStatistics(predictor, k)
     updater = cr_ext.TimedUpdater(
-        train_iter, optimizer, workers=comm.size, device=device,
+        train_iter, optimizer, workers=comm.size, virtual_workers=k,
+        bn_statistics=bn_statistics, device=device,
         converter=loader.BadSampleGuard(args.skip_bad_images, converter=normalize,
                                          mode='replace'))
     stop = cr_ext.ChunkStopTrigger(total_iters, chunk_iters=_chunk_iters(args, ipe))
@@ -242,7 +258,8 @@ def run(argv=None, stop_flag=None):
     trainer.extend(stop_signal)
     bn_sync = None
     if recipe.batch_norm == 'last_batch':
-        bn_sync = cr_ext.BNStatisticsAllreduce(comm, predictor, mode=recipe.bn_stats_average)
+        bn_sync = cr_ext.BNStatisticsAllreduce(comm, predictor, mode=recipe.bn_stats_average,
+                                               virtual=bn_statistics)
         trainer.extend(bn_sync, trigger=eval_trigger, name='bn_allreduce_eval')
         trainer.extend(bn_sync, trigger=snap_trigger, name='bn_allreduce_snapshot')
     trainer.extend(cr_ext.ExactEvaluator(
@@ -290,7 +307,7 @@ def _device(name, comm):
 
 
 Data = collections.namedtuple(
-    'Data', 'train_base val_base train_ids val_ids train_local val_local')
+    'Data', 'train_base val_base train_ids val_ids train_local val_local train_shards')
 
 
 def open_data(args, recipe, comm):
@@ -315,12 +332,17 @@ def open_data(args, recipe, comm):
     train_base, val_base = communication.from_rank0(comm, index)
     train_ids = sampling.subset(len(train_base), recipe.train_subset, recipe.seed)
     val_ids = sampling.subset(len(val_base), recipe.val_subset, recipe.seed)
-    train_local = sampling.scatter_indices(
-        train_ids, comm.size, comm.rank, equal=True, shuffle_seed=recipe.seed)
+    # Virtual worker j of this rank is worker rank * k + j of ranks * k: its
+    # shard is the one that rank of a k-times larger launch would take.
+    k = recipe.virtual_workers_per_rank
+    train_shards = [sampling.scatter_indices(
+        train_ids, comm.size * k, comm.rank * k + j, equal=True, shuffle_seed=recipe.seed)
+        for j in range(k)]
+    train_local = numpy.concatenate(train_shards)
     val_local = sampling.scatter_indices(val_ids, comm.size, comm.rank, equal=False)
     train_base.check_files(numpy.unique(train_local))
     val_base.check_files(val_local)
-    return Data(train_base, val_base, train_ids, val_ids, train_local, val_local)
+    return Data(train_base, val_base, train_ids, val_ids, train_local, val_local, train_shards)
 
 
 def _dataset_paths(args):

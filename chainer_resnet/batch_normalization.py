@@ -150,6 +150,53 @@ def bn_links(model):
             if isinstance(link, LastBatchNormalization)]
 
 
+class VirtualWorkerStatistics:
+    """The kept BN statistics of each of a rank's k virtual workers.
+
+    With virtual workers (``recipe.virtual_workers_per_rank = k``) a rank
+    runs k training micro-batches per iteration through the same
+    :class:`LastBatchNormalization` links, so after the iteration the links
+    hold only the last micro-batch's statistics. The updater calls
+    :meth:`record` after micro-batch ``j``'s forward pass; the statistics
+    allreduce then averages all k of every rank (``extensions.BNStatisticsAllreduce``),
+    as a run with k times more ranks averages one per rank.
+
+    The copies stay on the links' device (one concatenation per micro-batch,
+    2 x 26,560 values for ResNet-50) until the allreduce takes them to the host.
+    """
+
+    def __init__(self, model, k):
+        self.links = bn_links(model)
+        self.k = int(k)
+        self.clear()
+
+    def clear(self):
+        """Forget the records (after they were averaged: every worker then holds the average)."""
+        self._means = [None] * self.k
+        self._vars = [None] * self.k
+
+    def record(self, j):
+        """Keep the links' current statistics as virtual worker ``j``'s."""
+        if not self.links:
+            return
+        xp = backend.get_array_module(self.links[0].mean)
+        self._means[j] = xp.concatenate([link.mean for link in self.links])
+        self._vars[j] = xp.concatenate([link.var for link in self.links])
+
+    @property
+    def complete(self):
+        """Whether all k workers have recorded since the last :meth:`clear`."""
+        return bool(self.links) and all(m is not None for m in self._means)
+
+    def stacked(self):
+        """``(means, vars)``: float64 NumPy arrays (k, N), worker ``j`` in row ``j``."""
+        if not self.complete:
+            raise RuntimeError('not every virtual worker has recorded its BN statistics')
+        host = backend.CpuDevice()
+        return (numpy.stack([host.send(m) for m in self._means]).astype(numpy.float64),
+                numpy.stack([host.send(v) for v in self._vars]).astype(numpy.float64))
+
+
 def combine_statistics(means, vars):
     """Mean and biased variance of the union of equal-size batches from their per-batch stats.
 

@@ -13,6 +13,7 @@
   rank cleanly.
 """
 
+import contextlib
 import functools
 import os
 import signal
@@ -23,8 +24,10 @@ import numpy
 
 import chainer
 import chainer.functions as F
+import chainer.links as L
 from chainer.dataset import convert
 from chainer.training import extension
+from chainer.training import trigger as trigger_module
 from chainer.training import extensions as chainer_extensions
 from chainer.training import updaters
 
@@ -44,6 +47,13 @@ class BNStatisticsAllreduce(extension.Extension):
     so evaluation and saved models use statistics of the last *global* batch.
     It is a collective: every rank must run it at the same iterations.
 
+    With virtual workers (``virtual``, a
+    :class:`~chainer_resnet.batch_normalization.VirtualWorkerStatistics`),
+    each rank contributes the statistics of each of its k workers' last
+    micro-batch, and the average is over ranks x k, as a run with k times more
+    ranks would take it; before any training step since the last average, each
+    worker holds the links' values.
+
     Args:
         comm: a ChainerMN communicator.
         model: the link whose BN links are averaged.
@@ -51,24 +61,27 @@ class BNStatisticsAllreduce(extension.Extension):
             paper-era ChainerMN ``AllreducePersistent`` did; ``'union'`` gives
             the exact variance of the union of the workers' batches
             (mean of variances plus variance of means).
+        virtual: the rank's virtual workers' statistics, or None (one worker).
     """
 
     priority = extension.PRIORITY_WRITER + 10   # before evaluator and snapshot
 
-    def __init__(self, comm, model, mode='mean'):
+    def __init__(self, comm, model, mode='mean', virtual=None):
         if mode not in ('mean', 'union'):
             raise ValueError("BN statistics mode must be 'mean' or 'union', "
                              'got {!r}'.format(mode))
         self.comm = comm
         self.model = model
         self.mode = mode
+        self.virtual = virtual
 
     def __call__(self, trainer=None):
         links = batch_normalization.bn_links(self.model)
         if not links:
             return
-        if self.comm.size > 1:
-            self._average(links)
+        k = self.virtual.k if self.virtual is not None else 1
+        if self.comm.size * k > 1:
+            self._average(links, k)
         # The averaged statistics are the same on every rank: all stop together.
         bad = [name for name, link in self.model.namedlinks() if link in links
                and not (numpy.isfinite(_to_host(link.mean)).all()
@@ -78,14 +91,22 @@ class BNStatisticsAllreduce(extension.Extension):
                 trainer.updater.iteration if trainer is not None else -1,
                 'the worker-averaged BN statistics', bad)
 
-    def _average(self, links):
-        mean = numpy.concatenate([_to_host(bn.mean) for bn in links]).astype(numpy.float64)
-        var = numpy.concatenate([_to_host(bn.var) for bn in links]).astype(numpy.float64)
+    def _average(self, links, k):
+        if self.virtual is not None and self.virtual.complete:
+            means, variances = self.virtual.stacked()           # (k, N): one row per worker
+        else:
+            means = numpy.concatenate([_to_host(bn.mean) for bn in links]).astype(
+                numpy.float64)[None]
+            variances = numpy.concatenate([_to_host(bn.var) for bn in links]).astype(
+                numpy.float64)[None]
         # 'union': average E[x^2] = var + mean^2 and take E[x^2] - E[x]^2.
-        second = var + mean ** 2 if self.mode == 'union' else var
-        total = numpy.empty(2 * mean.size)
-        self.comm.mpi_comm.Allreduce(numpy.concatenate([mean, second]), total)
-        avg_mean, avg_second = numpy.split(total / self.comm.size, 2)
+        second = variances + means ** 2 if self.mode == 'union' else variances
+        # Sums over this rank's workers (k equal rows when none recorded), then over ranks.
+        weight = k // len(means)
+        local = numpy.concatenate([means.sum(axis=0), second.sum(axis=0)]) * weight
+        total = numpy.empty_like(local)
+        self.comm.mpi_comm.Allreduce(local, total)
+        avg_mean, avg_second = numpy.split(total / (self.comm.size * k), 2)
         avg_var = avg_second - avg_mean ** 2 if self.mode == 'union' else avg_second
         offset = 0
         for link in links:
@@ -93,6 +114,8 @@ class BNStatisticsAllreduce(extension.Extension):
             link.set_statistics(avg_mean[offset:end].astype(link.mean.dtype),
                                 avg_var[offset:end].astype(link.var.dtype))
             offset = end
+        if self.virtual is not None:
+            self.virtual.clear()
 
 
 class ExactEvaluator(chainer_extensions.Evaluator):
@@ -155,12 +178,34 @@ def _batch_sums(logits, labels):
 
 
 class TimedUpdater(updaters.StandardUpdater):
-    """StandardUpdater that reports throughput and data-wait time.
+    """The trainer's updater: virtual workers, and throughput and data-wait time.
+
+    Each iteration takes one batch from the iterator, of ``k * b`` samples
+    for ``k = virtual_workers`` (a
+    :class:`~chainer_resnet.data.sampling.VirtualWorkerStream` gives them in
+    k micro-batches of ``b``). Each micro-batch is converted and runs forward
+    and backward on its own in training mode, with its own BN statistics
+    (``bn_statistics.record(j)`` keeps them for the statistics allreduce),
+    and its loss scaled by 1/k, so the gradients add up to the mean over the
+    rank's k workers; only one micro-batch's activations are alive at a
+    time. Then the optimizer (ChainerMN's multi-node wrapper) averages the
+    gradients over ranks and updates: the update is the mean over ranks x k
+    workers, what ranks x k ranks of one worker compute. Chainer's moving-
+    average BN links (``batch_norm='moving_average'``) keep the running
+    averages after worker 0's micro-batch only, as rank ``rank * k`` of that
+    run would have them. With k = 1 this is Chainer's ``StandardUpdater``
+    step (the same operations in the same order).
+
+    ``joint_bn=True`` is the negative control of the tests: the k
+    micro-batches go through the model as one batch, with one BN statistic
+    over all of them (what plain gradient accumulation over a larger batch
+    would be), instead of the paper's per-worker statistics.
 
     Reported per iteration (rank 0's view; all ranks step together):
     ``perf/images_per_sec`` (global images over wall time, data loading
     included), ``perf/compute_images_per_sec`` (excluding the wait for the
-    next batch) and ``perf/data_wait_sec``.
+    next batch) and ``perf/data_wait_sec``; the model's own reports
+    (``main/loss``, ``main/accuracy``) are the mean over the rank's workers.
 
     A GPU runs kernels after the host has queued them, so before it reads
     the clock at the end of a phase that may have queued device work (the
@@ -169,11 +214,23 @@ class TimedUpdater(updaters.StandardUpdater):
     on NumPy). Without that a step would seem to end when its last kernel
     was queued, and its device time would be counted wherever the host next
     waits for the device (the next batch's copy, or an extension).
+
+    Args:
+        iterator, optimizer: as for ``StandardUpdater``.
+        workers (int): ranks (for the global images per second).
+        virtual_workers (int): micro-batches per iteration (k).
+        bn_statistics (VirtualWorkerStatistics or None): where each worker's
+            BN statistics are kept.
+        joint_bn (bool): the negative control above.
     """
 
-    def __init__(self, iterator, optimizer, workers=1, **kwargs):
+    def __init__(self, iterator, optimizer, workers=1, virtual_workers=1, bn_statistics=None,
+                 joint_bn=False, **kwargs):
         super().__init__(iterator, optimizer, **kwargs)
         self.workers = workers
+        self.virtual_workers = int(virtual_workers)
+        self.bn_statistics = bn_statistics
+        self.joint_bn = joint_bn
         self._last_end = None
 
     def update_core(self):
@@ -183,15 +240,38 @@ class TimedUpdater(updaters.StandardUpdater):
         iterator = self._iterators['main']
         batch = iterator.next()
         loaded = time.perf_counter()
-        in_arrays = convert._call_converter(
-            self.converter, batch, self.input_device)
-        loss_func = self.loss_func or optimizer.target
-        if isinstance(in_arrays, tuple):
-            optimizer.update(loss_func, *in_arrays)
-        elif isinstance(in_arrays, dict):
-            optimizer.update(loss_func, **in_arrays)
-        else:
-            optimizer.update(loss_func, in_arrays)
+        k = self.virtual_workers
+        if len(batch) % k:
+            raise ValueError('a batch of {} samples cannot be split into {} virtual workers'
+                             .format(len(batch), k))
+        target = optimizer.target
+        loss_func = self.loss_func or target
+        parts = [batch] if self.joint_bn or k == 1 else [
+            batch[j * len(batch) // k:(j + 1) * len(batch) // k] for j in range(k)]
+        running = _RunningAverages(target) if len(parts) > 1 else None
+        reporters = chainer.reporter._get_reporters()
+        observations = []
+        target.cleargrads()
+        for j, part in enumerate(parts):
+            in_arrays = convert._call_converter(self.converter, part, self.input_device)
+            observation = {}
+            # Each micro-batch's reports (the model's loss, accuracy) apart, for their mean.
+            with (reporters[-1].scope(observation) if reporters else contextlib.nullcontext()):
+                loss = _call(loss_func, in_arrays)
+            if len(parts) > 1:
+                loss = loss * (1.0 / len(parts))
+            loss.backward(loss_scale=optimizer._loss_scale)
+            del loss
+            if self.bn_statistics is not None:
+                for w in range(j, j + k // len(parts)):   # joint_bn: one statistic for all
+                    self.bn_statistics.record(w)
+            if running is not None and j == 0:
+                running.keep()
+            observations.append(observation)
+        if running is not None:
+            running.restore()
+        optimizer.update()        # the multi-node wrapper: mean over ranks, then the update
+        _report_mean(observations)
         self._synchronize(optimizer)
         end = time.perf_counter()
         images = len(batch) * self.workers
@@ -211,6 +291,54 @@ class TimedUpdater(updaters.StandardUpdater):
         device = optimizer.target.device
         if device.xp is not numpy:
             device.device.synchronize()
+
+
+def _call(func, in_arrays):
+    if isinstance(in_arrays, tuple):
+        return func(*in_arrays)
+    if isinstance(in_arrays, dict):
+        return func(**in_arrays)
+    return func(in_arrays)
+
+
+def _report_mean(observations):
+    """Report each key's mean over the micro-batches (the value itself for one)."""
+    if len(observations) == 1:
+        chainer.report(observations[0])
+        return
+    means = {}
+    for key in observations[0]:
+        values = [chainer.as_array(o[key]) for o in observations if key in o]
+        means[key] = sum(values[1:], values[0]) / len(values)
+    chainer.report(means)
+
+
+class _RunningAverages:
+    """The running averages of Chainer's BN links, kept after one micro-batch and put back."""
+
+    NAMES = ('avg_mean', 'avg_var', 'N')
+
+    def __init__(self, model):
+        self.links = [link for link in model.links()
+                      if isinstance(link, L.BatchNormalization)]
+        self.kept = None
+
+    def keep(self):
+        self.kept = [[_copy(getattr(link, name)) for name in self.NAMES]
+                     for link in self.links]
+
+    def restore(self):
+        for link, values in zip(self.links, self.kept or ()):
+            for name, value in zip(self.NAMES, values):
+                current = getattr(link, name)
+                if hasattr(current, 'shape') and current is not None:
+                    current[...] = value
+                else:
+                    setattr(link, name, value)
+
+
+def _copy(value):
+    return value.copy() if hasattr(value, 'copy') else value
 
 
 class ChunkStopTrigger:
@@ -273,6 +401,23 @@ class PointsTrigger:
             and iteration == self.chunk_stop.end)
 
 
+class EveryOrAt:
+    """Fires every ``interval`` iterations and whenever ``points`` fires.
+
+    The log's trigger: with an interval alone, the evaluation at an
+    iteration that is not a multiple of the interval (the last one of
+    akiba2017's 3,519 iterations, logged every 10) would be reported only
+    at the next log iteration, which never comes after the last. Stateless.
+    """
+
+    def __init__(self, interval, points):
+        self.interval = int(interval)
+        self.points = points
+
+    def __call__(self, trainer):
+        return trainer.updater.iteration % self.interval == 0 or self.points(trainer)
+
+
 class ResumablePrintReport(chainer_extensions.PrintReport):
     """PrintReport that does not print the restored log again on resume.
 
@@ -307,11 +452,15 @@ def extend_reporting(trainer, log_interval_iters, scheduled, plot_trigger, progr
     drawn from the log at ``plot_trigger`` (the evaluation points and the end
     of a launch), at most every ``plot_interval_s`` seconds but always at the
     end: redrawing PNGs costs rank 0 time that every other rank waits for.
-    The progress bar is shown only when ``progress_bar`` and stdout is a
+    The log (and the printed table) is written every ``log_interval_iters``
+    and at ``plot_trigger`` too, so no evaluation is left out of it. The
+    progress bar is shown only when ``progress_bar`` and stdout is a
     terminal (in a batch log it would be escape codes). Returns the plot
     file names.
     """
-    log_trigger = (log_interval_iters, 'iteration')
+    # Every log_interval_iters, and at the evaluation points and the end of
+    # the launch, so that every evaluation and the last iteration are logged.
+    log_trigger = EveryOrAt(log_interval_iters, trigger_module.get_trigger(plot_trigger))
     trainer.extend(chainer_extensions.LogReport(trigger=log_trigger))
     for name in scheduled:
         if name == 'lr':

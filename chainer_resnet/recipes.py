@@ -66,6 +66,12 @@ class Recipe:
 
     # --- batch and workers (§4, §5) -----------------------------------------
     batch_per_worker: int = 32
+    # Virtual workers (k): each rank runs k micro-batches of batch_per_worker
+    # images per iteration, each with its own BN statistics, and averages
+    # their gradients before the allreduce; the update is the mean over
+    # ranks x k workers, the paper's mathematics on k times fewer GPUs (§6).
+    # Everything that counts workers counts ranks x k.
+    virtual_workers_per_rank: int = 1
     # The world size the recipe was written for; a different one is an error
     # unless world_size_check is False (guards against a launcher that
     # silently starts N single-process jobs). None: any world size.
@@ -111,6 +117,12 @@ class Recipe:
     log_interval_iters: int = 10
 
     # --- derived quantities ---------------------------------------------------
+    # `workers` below is always the number of (virtual) workers, ranks x
+    # virtual_workers_per_rank: use workers(ranks).
+    def workers(self, ranks):
+        """Workers of a launch on `ranks` processes: ranks x virtual_workers_per_rank."""
+        return ranks * self.virtual_workers_per_rank
+
     def global_batch(self, workers):
         """Images per iteration over all workers."""
         return self.batch_per_worker * workers
@@ -164,7 +176,8 @@ class Recipe:
             if value not in allowed:
                 raise RecipeError('recipe {!r}: {} = {!r} is not one of {}'.format(
                     self.name, field, value, ', '.join(allowed)))
-        positive = ('num_classes', 'crop_size', 'batch_per_worker', 'epochs',
+        positive = ('num_classes', 'crop_size', 'batch_per_worker',
+                    'virtual_workers_per_rank', 'epochs',
                     'train_images', 'lr_per_256', 'lr_rmsprop',
                     'warmup_period_epochs', 'eval_interval_epochs',
                     'snapshot_interval_epochs', 'log_interval_iters',
@@ -198,19 +211,31 @@ class Recipe:
                               .format(self.name))
         return self
 
-    def check_world_size(self, workers):
-        """Raise RecipeError if the recipe pins a different world size."""
+    def check_world_size(self, ranks):
+        """Raise RecipeError if the recipe pins another number of workers than
+        ``ranks`` x virtual_workers_per_rank."""
+        workers = self.workers(ranks)
+        k = self.virtual_workers_per_rank
         if (self.world_size_check and self.expected_workers is not None
                 and workers != self.expected_workers):
+            started = '{} process(es) were started'.format(ranks)
+            if k > 1:
+                started += ' x {} virtual workers = {} workers'.format(k, workers)
+            hint = ''
+            if self.expected_workers % ranks == 0:
+                hint = (' To run its mathematics on {} ranks, give each rank {} virtual '
+                        'workers: --set virtual_workers_per_rank={}.'.format(
+                            ranks, self.expected_workers // ranks,
+                            self.expected_workers // ranks))
             raise RecipeError(
-                'recipe {!r} is written for {} workers but {} process(es) were '
-                'started. If the launcher was meant to start {} ranks, it did '
-                'not (e.g. srun without --mpi=pmix starts singletons). To run '
-                'at this scale on purpose, pass --set world_size_check=false; '
-                'the learning rate then follows the linear scaling rule for a '
-                'global batch of {}.'.format(
-                    self.name, self.expected_workers, workers,
-                    self.expected_workers, self.global_batch(workers)))
+                'recipe {!r} is written for {} workers but {}. If the launcher was meant '
+                'to start {} ranks, it did not (e.g. srun without --mpi=pmix starts '
+                'singletons).{} To run at this scale on purpose, pass --set '
+                'world_size_check=false; the learning rate then follows the linear scaling '
+                'rule for a global batch of {}.'.format(
+                    self.name, self.expected_workers, started,
+                    self.expected_workers // k if self.expected_workers % k == 0
+                    else self.expected_workers, hint, self.global_batch(workers)))
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -218,12 +243,15 @@ class Recipe:
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def summary(self, workers, train_images=None):
+    def summary(self, ranks, train_images=None):
         """Derived quantities, as rank 0 prints them (the trainer adds the
         schedules' peak lr, :meth:`chainer_resnet.schedules.RecipeSchedules.peak`)."""
         n = self.train_images if train_images is None else train_images
+        workers = self.workers(ranks)
         return {
             'recipe': self.name,
+            'ranks': ranks,
+            'virtual_workers_per_rank': self.virtual_workers_per_rank,
             'workers': workers,
             'train_images': n,
             'global_batch': self.global_batch(workers),
@@ -364,9 +392,10 @@ def resolve(name, assignments=()):
 def main(argv=None):
     """``python -m chainer_resnet.recipes``: list recipes, or print one's facts.
 
-    ``facts NAME RANKS`` prints, space-separated on one line, what a job script
-    needs before it launches: the world size the recipe pins (0 for any), the
-    global batch and eta_base at ``RANKS`` workers. ``show NAME`` prints the
+    ``facts NAME RANKS [K]`` prints, space-separated on one line, what a job
+    script needs before it launches: the number of workers the recipe pins (0
+    for any), the global batch and eta_base at ``RANKS`` x ``K`` workers (``K``
+    virtual workers per rank, default the recipe's). ``show NAME`` prints the
     recipe as JSON; no arguments lists the names. Exit status 2 on a bad name.
     """
     import argparse
@@ -377,6 +406,8 @@ def main(argv=None):
     facts = sub.add_parser('facts', help='expected_workers global_batch base_lr')
     facts.add_argument('name')
     facts.add_argument('ranks', type=int)
+    facts.add_argument('virtual_workers', type=int, nargs='?', default=None,
+                       help='virtual workers per rank (default: the recipe\'s)')
     show = sub.add_parser('show', help='the recipe as JSON')
     show.add_argument('name')
     args = p.parse_args(argv)
@@ -385,8 +416,13 @@ def main(argv=None):
             if args.ranks < 1:
                 raise RecipeError('RANKS must be >= 1, got {}'.format(args.ranks))
             r = get(args.name)
-            print(r.expected_workers or 0, r.global_batch(args.ranks),
-                  r.base_lr(args.ranks))
+            if args.virtual_workers is not None:
+                if args.virtual_workers < 1:
+                    raise RecipeError('VIRTUAL_WORKERS must be >= 1, got {}'.format(
+                        args.virtual_workers))
+                r = replace(r, virtual_workers_per_rank=args.virtual_workers)
+            workers = r.workers(args.ranks)
+            print(r.expected_workers or 0, r.global_batch(workers), r.base_lr(workers))
         elif args.command == 'show':
             print(get(args.name).to_json())
         else:

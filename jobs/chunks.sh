@@ -25,7 +25,7 @@
 #   FORWARD_TO_NEXT_JOB  (constant) the variables the next chunk gets (PBS:
 #                        qsub -v; Slurm: the exported environment); the
 #                        NOTE: site block sets the rest again
-FORWARD_TO_NEXT_JOB=(RECIPE DEVICE GPUS_PER_NODE OUT TRAIN_LIST VAL_LIST DATA_ROOT
+FORWARD_TO_NEXT_JOB=(RECIPE DEVICE GPUS_PER_NODE VIRTUAL_WORKERS OUT TRAIN_LIST VAL_LIST DATA_ROOT
                      MODULES VENV PYTHON MPIRUN MPIRUN_FLAGS SRUN_FLAGS LAUNCHER
                      SKIP_DOCTOR CHUNK_EPOCHS RESUBMIT TRAIN_ARGS REPO JOB_SCRIPT
                      CHUNK WARNING_DELAY WALLTIME_WARNING NCCL_IB_HCA

@@ -35,6 +35,10 @@
 #   RECIPE         recipe name (default akiba2017); the only training choice
 #   DEVICE         gpu (default) or cpu
 #   GPUS_PER_NODE  ranks per node, one per GPU (default 8)
+#   VIRTUAL_WORKERS
+#                  virtual workers per rank (default 1): each GPU runs that
+#                  many micro-batches per iteration, so NP x VIRTUAL_WORKERS
+#                  workers train (e.g. akiba2017's 1,024 on 64 GPUs with 16)
 #   OUT            output folder, the same for every chunk
 #                  (default results/<recipe>-<ranks>ranks in the repository)
 #   TRAIN_LIST, VAL_LIST, DATA_ROOT
@@ -157,6 +161,8 @@ job_setup() {
     local scheduler=$1 launcher=$2
     : "${RECIPE:=akiba2017}" "${DEVICE:=gpu}" "${GPUS_PER_NODE:=8}"
     : "${SKIP_DOCTOR:=0}" "${RESUBMIT:=1}" "${CHUNK:=1}" "${MPIRUN:=mpirun}"
+    : "${VIRTUAL_WORKERS:=1}"
+    [[ "$VIRTUAL_WORKERS" =~ ^[1-9][0-9]*$ ]] || die "VIRTUAL_WORKERS=$VIRTUAL_WORKERS is not a positive integer (virtual workers per rank)"
     [[ "$DEVICE" == gpu || "$DEVICE" == cpu ]] || die "DEVICE=$DEVICE: use gpu or cpu"
     [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || die "GPUS_PER_NODE=$GPUS_PER_NODE is not a positive integer"
     [[ -z "${CHUNK_EPOCHS:-}" || "$CHUNK_EPOCHS" =~ ^[0-9]*\.?[0-9]+$ ]] \
@@ -200,9 +206,14 @@ job_setup() {
             ;;
         *) die "job_setup: unknown scheduler $scheduler" ;;
     esac
+    local per_rank=""
+    if ((VIRTUAL_WORKERS > 1)); then
+        per_rank=" x $VIRTUAL_WORKERS virtual workers = $((NP * VIRTUAL_WORKERS)) workers"
+        : "${OUT:=$REPO/results/$RECIPE-${NP}ranks-x${VIRTUAL_WORKERS}}"
+    fi
     : "${OUT:=$REPO/results/$RECIPE-${NP}ranks}"
     : "${JOB_SCRIPT:=$0}"
-    log "$scheduler job $job_id, chunk $CHUNK: $nodes node(s) x $GPUS_PER_NODE = $NP ranks, recipe $RECIPE, device $DEVICE"
+    log "$scheduler job $job_id, chunk $CHUNK: $nodes node(s) x $GPUS_PER_NODE = $NP ranks$per_rank, recipe $RECIPE, device $DEVICE"
     log "out $OUT; python $PYTHON"
 
     train_argv "$nodes"
@@ -282,12 +293,20 @@ train_argv() {
     # akiba2017) so that a launcher that starts singletons fails loudly. At
     # another size the guard is lifted explicitly; preflight's rank count
     # then takes over that job.
-    local facts expected batch lr
-    facts=$("$PYTHON" -m chainer_resnet.recipes facts "$RECIPE" "$NP") \
+    # Virtual workers count as workers: 64 ranks x 16 is akiba2017's 1,024.
+    local facts expected batch lr workers=$((NP * VIRTUAL_WORKERS))
+    facts=$("$PYTHON" -m chainer_resnet.recipes facts "$RECIPE" "$NP" "$VIRTUAL_WORKERS") \
         || die "cannot read recipe $RECIPE with $PYTHON (is chainer_resnet installed in VENV=${VENV:-}?)"
     read -r expected batch lr <<<"$facts"
-    if ((expected != 0 && expected != NP)); then
-        log "scaling: recipe $RECIPE is written for $expected workers; this job runs $NP ranks ($nodes node(s) x $GPUS_PER_NODE). Passing --set world_size_check=false; the learning rate follows the linear scaling rule (global batch $batch, base lr $lr). This is not the paper's configuration."
+    if ((VIRTUAL_WORKERS > 1)); then
+        TRAIN_ARGV+=(--set "virtual_workers_per_rank=$VIRTUAL_WORKERS")
+    fi
+    if ((expected != 0 && expected != workers)); then
+        local hint=""
+        if ((expected % NP == 0)); then
+            hint=" (VIRTUAL_WORKERS=$((expected / NP)) would give its $expected workers on these $NP ranks)"
+        fi
+        log "scaling: recipe $RECIPE is written for $expected workers; this job runs $NP ranks ($nodes node(s) x $GPUS_PER_NODE)${per_rank:-}$hint. Passing --set world_size_check=false; the learning rate follows the linear scaling rule (global batch $batch, base lr $lr). This is not the paper's configuration."
         TRAIN_ARGV+=(--set world_size_check=false)
     fi
     if [[ -n "${CHUNK_EPOCHS:-}" ]]; then

@@ -200,3 +200,16 @@ def test_timed_updater_on_numpy_reports_without_synchronizing(monkeypatch):
     # clock values 1, 2 and 4: data wait 1 s, compute 2 s for 2 images
     assert observation['perf/data_wait_sec'] == 1.0
     assert observation['perf/compute_images_per_sec'] == 1.0
+
+
+def test_the_log_has_every_evaluation_point_and_the_last_iteration(tiny_trainer):
+    # Log interval 4 over 7 iterations, an evaluation point at 3: without the
+    # points the log would hold iteration 4 only, and the last iteration's
+    # observations (akiba2017's final evaluation, say) would never be written.
+    trainer, _ = tiny_trainer(stop=100)
+    stop = cr_ext.ChunkStopTrigger(7)
+    trainer.stop_trigger = stop
+    cr_ext.extend_reporting(trainer, 4, ('lr',), plot_trigger=cr_ext.PointsTrigger([3], stop),
+                            progress_bar=False)
+    trainer.run()
+    assert [e['iteration'] for e in trainer.get_extension('LogReport').log] == [3, 4, 7]

@@ -853,6 +853,33 @@ def test_dry_run_scaled_lifts_the_world_size_guard_explicitly(tmp_path, stubs, s
         assert train[train.index('-n') + 1] == '128'
 
 
+@pytest.mark.parametrize('script', ['jobs/pbs/pbspro.sh', 'jobs/slurm/srun_pmix.sh'])
+def test_dry_run_virtual_workers_give_the_papers_workers_on_fewer_gpus(tmp_path, stubs, script):
+    # 16 nodes x 8 GPUs x 8 virtual workers = akiba2017's 1,024 workers: no guard lifted.
+    out, doctor, train = cluster_dry_run(tmp_path, stubs, script, nodes=16, VIRTUAL_WORKERS=8)
+    assert train[train.index('--set') + 1] == 'virtual_workers_per_rank=8'
+    assert 'world_size_check=false' not in train and 'scaling:' not in out
+    assert '16 node(s) x 8 = 128 ranks x 8 virtual workers = 1024 workers' in out
+    assert train[train.index('--out') + 1].endswith('results/akiba2017-128ranks-x8')
+    assert doctor[doctor.index('--expect-world-size') + 1] == '128'    # ranks, not workers
+    # 4 per rank: 512 workers, the guard is lifted and the fix is named.
+    (tmp_path / 'four').mkdir()
+    out, _, train = cluster_dry_run(tmp_path / 'four', stubs, script, nodes=16,
+                                    VIRTUAL_WORKERS=4)
+    assert 'world_size_check=false' in train
+    assert ('this job runs 128 ranks (16 node(s) x 8) x 4 virtual workers = 512 workers '
+            '(VIRTUAL_WORKERS=8 would give its 1024 workers on these 128 ranks)') in out
+    assert 'global batch 16384, base lr 6.4' in out
+
+
+def test_virtual_workers_must_be_a_positive_integer(tmp_path, stubs):
+    env = base_env(tmp_path, stubs, VIRTUAL_WORKERS='0', DRY_RUN=1)
+    env.update(slurm_env())
+    r = run_script('jobs/slurm/srun_pmix.sh', env)
+    assert r.returncode != 0
+    assert 'VIRTUAL_WORKERS=0 is not a positive integer (virtual workers per rank)' in r.stdout
+
+
 def test_dry_run_one_node_and_other_recipes(tmp_path, stubs):
     out, doctor, train = cluster_dry_run(tmp_path, stubs, 'jobs/slurm/srun_pmix.sh',
                                          nodes=1, RECIPE='goyal2017')

@@ -230,8 +230,6 @@ def test_virtual_workers_flag(capsys):
     assert any('workers 1,024 (16 per GPU), global batch 32,768' in line for line in lines)
 
 
-@pytest.mark.skipif(not hasattr(recipes.Recipe, 'virtual_workers_per_rank'),
-                    reason='recipe field virtual_workers_per_rank not present yet')
 def test_virtual_workers_default_to_the_recipe_field():
     r = recipes.resolve('akiba2017', ['virtual_workers_per_rank=16'])
     p = plan.make_plan(r, 64)

@@ -43,23 +43,26 @@ from chainer_resnet.data.sampling import BadSample
 _MAX_REPORTED = 5
 
 
-def iterators(train_set, val_set, batch, sampler, loaderjobs):
+def iterators(train_set, val_set, batch, sampler, loaderjobs, val_batch=None):
     """The trainer's ``(train, val)`` iterators over this rank's samples.
 
     Training repeats in the epoch order of ``sampler`` (an
-    :class:`~chainer_resnet.data.sampling.EpochOrderSampler`); validation
-    reads ``val_set`` once in order. With ``loaderjobs > 0`` both are
+    :class:`~chainer_resnet.data.sampling.EpochOrderSampler`, or a
+    ``StreamOrderSampler`` for virtual workers), ``batch`` samples at a
+    time; validation reads ``val_set`` once in order, ``val_batch`` (default
+    ``batch``) at a time. With ``loaderjobs > 0`` both are
     ``MultiprocessIterator`` with that many loader processes, otherwise
     ``SerialIterator`` (loading in the main process).
     """
+    val_batch = batch if val_batch is None else val_batch
     if loaderjobs > 0:
         train = chainer.iterators.MultiprocessIterator(
             train_set, batch, n_processes=loaderjobs, order_sampler=sampler)
         val = chainer.iterators.MultiprocessIterator(
-            val_set, batch, repeat=False, shuffle=False, n_processes=loaderjobs)
+            val_set, val_batch, repeat=False, shuffle=False, n_processes=loaderjobs)
     else:
         train = chainer.iterators.SerialIterator(train_set, batch, order_sampler=sampler)
-        val = chainer.iterators.SerialIterator(val_set, batch, repeat=False, shuffle=False)
+        val = chainer.iterators.SerialIterator(val_set, val_batch, repeat=False, shuffle=False)
     return train, val
 
 

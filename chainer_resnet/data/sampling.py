@@ -11,6 +11,10 @@ the same dataset description and reads only its own images.
   ``(seed, epoch tag, global sample index)``. The same sample therefore gets
   the same augmentation whatever process, loader worker or rank loads it,
   and a resumed run continues exactly;
+- :class:`VirtualWorkerStream`: the samples of a rank's k virtual workers
+  as one dataset, so one iterator (and one set of loader processes) gives
+  each iteration's k micro-batches, each exactly the batch that worker would
+  read as a rank of its own;
 - :class:`BadSample`: what :class:`AugmentedDataset` returns in place of a
   sample it cannot read or transform, so that a bad image reaches the main
   process as data (:class:`~chainer_resnet.data.loader.BadSampleGuard`
@@ -238,3 +242,102 @@ class AugmentedDataset(chainer.dataset.DatasetMixin):
             return self.transform(image, rng), numpy.int32(label)
         except Exception as exc:
             return BadSample.from_exception(self.base, g, exc)
+
+
+class VirtualWorkerStream(chainer.dataset.DatasetMixin):
+    """The k virtual workers of one rank as one dataset, read in micro-batches.
+
+    ``workers`` are k :class:`AugmentedDataset` of the same length ``L``
+    (virtual worker ``j``'s shard, ``scatter_indices(ids, ranks * k, rank * k + j,
+    equal=True, ...)``). Iterated with batch size ``k * batch`` and
+    ``order_sampler=`` :class:`StreamOrderSampler` ``(len(stream))``, batch
+    ``i`` holds, in ``k`` consecutive slices of ``batch``, exactly the batch
+    ``i`` that an iterator of batch size ``batch`` with
+    ``EpochOrderSampler(L, seed)`` over worker ``j``'s dataset would give:
+    the same samples, the same epoch tags, so the same augmentation. That is
+    what a run with ``ranks * k`` ranks and one worker each reads on rank
+    ``rank * k + j``, epoch boundaries included (Chainer's iterators finish
+    an epoch's order and continue with the next inside one batch; here each
+    worker's stream continues on its own).
+
+    Index ``q`` of the stream (``q = i - len(self)`` for the indices the
+    sampler hands out, block 1 onwards; ``q = i`` for direct access below
+    ``len(self)``) is micro-batch ``j = (q mod k*batch) // batch`` of
+    iteration ``q // (k*batch)``; that worker's position in its own stream
+    is ``p = iteration * batch + q mod batch``, which lies in its epoch
+    ``e = p // L`` (tag ``e + 1``) at ``p mod L`` of that epoch's
+    permutation. Epoch ``s`` of the stream (``k * L`` samples) is epoch ``s``
+    of every worker, so the trainer's epoch counter is right.
+
+    Stateless apart from a cache of the last two permutations: the iterator's
+    serialised position and order resume it exactly.
+
+    Args:
+        workers (list of AugmentedDataset): the rank's virtual workers, in order.
+        batch (int): images per micro-batch (the recipe's batch_per_worker).
+        seed (int): the epoch permutations' seed (``EpochOrderSampler``'s).
+    """
+
+    def __init__(self, workers, batch, seed):
+        workers = list(workers)
+        if not workers:
+            raise ValueError('VirtualWorkerStream needs at least one worker')
+        lengths = {len(w) for w in workers}
+        if len(lengths) != 1:
+            raise ValueError('virtual workers must hold equally many samples, got {}'.format(
+                sorted(lengths)))
+        self.workers = workers
+        self.k = len(workers)
+        self.batch = check_size('batch', batch)
+        self.shard = lengths.pop()
+        self.sampler = EpochOrderSampler(self.shard, seed)
+        self._orders = {}
+
+    def __len__(self):
+        return self.k * self.shard
+
+    def locate(self, i):
+        """``(worker j, index into that worker's AugmentedDataset)`` of stream index ``i``."""
+        i = int(i)
+        if i < 0:
+            raise IndexError('VirtualWorkerStream index must be non-negative, got {}'.format(i))
+        q = i - len(self) if i >= len(self) else i
+        iteration, within = divmod(q, self.k * self.batch)
+        j, t = divmod(within, self.batch)
+        epoch, pos = divmod(iteration * self.batch + t, self.shard)
+        return j, int(self._order(epoch + 1)[pos])
+
+    def _order(self, tag):
+        order = self._orders.get(tag)
+        if order is None:
+            # The order EpochOrderSampler gives after an epoch with tag - 1.
+            previous = numpy.full(self.shard, (tag - 1) * self.shard, dtype=numpy.int64)
+            order = self.sampler(previous, 0)
+            self._orders = {t: o for t, o in self._orders.items() if t >= tag - 1}
+            self._orders[tag] = order
+        return order
+
+    def get_example(self, i):
+        """Sample ``i`` of the stream: that worker's sample (or BadSample)."""
+        j, index = self.locate(i)
+        return self.workers[j][index]
+
+
+class StreamOrderSampler(object):
+    """Order sampler of a :class:`VirtualWorkerStream`: the stream in order.
+
+    Epoch ``s`` reads indices ``(s + 1) * size ... (s + 2) * size - 1``, stream
+    positions ``s * size ...``; the shuffling is the workers' own, inside
+    the stream. Stateless, like :class:`EpochOrderSampler`.
+    """
+
+    def __init__(self, size):
+        self.size = check_size('size', size)
+
+    def __call__(self, current_order, current_position):
+        current_order = numpy.asarray(current_order)
+        if len(current_order) != self.size:
+            raise ValueError('StreamOrderSampler(size={}) was given an order of length {}'
+                             .format(self.size, len(current_order)))
+        block = int(current_order.max()) // self.size + 1
+        return numpy.arange(self.size, dtype=numpy.int64) + numpy.int64(block) * self.size
