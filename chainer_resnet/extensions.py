@@ -418,16 +418,38 @@ class EveryOrAt:
         return trainer.updater.iteration % self.interval == 0 or self.points(trainer)
 
 
+class _Stdout:
+    """``sys.stdout`` as it is at each write, without terminal escapes when it is no terminal.
+
+    Chainer's PrintReport writes ``ESC [J`` (erase to the end of the screen)
+    before every row, for its progress bar; in a batch job's log file it is
+    noise before each line.
+    """
+
+    def write(self, text):
+        out = sys.stdout
+        if text == '\033[J' and not (hasattr(out, 'isatty') and out.isatty()):
+            return
+        out.write(text)
+
+    def flush(self):
+        sys.stdout.flush()
+
+
 class ResumablePrintReport(chainer_extensions.PrintReport):
     """PrintReport that does not print the restored log again on resume.
 
     Chainer's PrintReport does not save how many entries it printed, so after
     a snapshot is loaded it prints the whole restored log. The priority is
     below the snapshot extension's (-100) so that initialize() runs after an
-    autoload and sees the restored log.
+    autoload and sees the restored log. Without a terminal it writes no
+    escape codes (:class:`_Stdout`).
     """
 
     priority = -150
+
+    def __init__(self, entries, log_report='LogReport', out=None):
+        super().__init__(entries, log_report=log_report, out=_Stdout() if out is None else out)
 
     def initialize(self, trainer):
         log_report = self._log_report

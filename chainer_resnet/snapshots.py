@@ -238,6 +238,9 @@ class Snapshot(extension.Extension):
                 self.loaded = path
                 if failures and self.comm.rank == 0:
                     self._log('snapshot: resumed from {} instead'.format(path))
+                elif self.comm.rank == 0:
+                    self._log('snapshot: continuing from {} (iteration {})'.format(
+                        path, trainer.updater.iteration))
                 return
             failures.append('{}: {}'.format(path, problem))
             if self.comm.rank == 0:

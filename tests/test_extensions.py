@@ -213,3 +213,13 @@ def test_the_log_has_every_evaluation_point_and_the_last_iteration(tiny_trainer)
                             progress_bar=False)
     trainer.run()
     assert [e['iteration'] for e in trainer.get_extension('LogReport').log] == [3, 4, 7]
+
+
+def test_the_printed_table_has_no_terminal_escapes_in_a_log_file(tiny_trainer, capsys):
+    trainer, _ = tiny_trainer(stop=4)
+    cr_ext.extend_reporting(trainer, 2, ('lr',), plot_trigger=(4, 'iteration'),
+                            progress_bar=False)
+    trainer.run()
+    printed = capsys.readouterr().out
+    assert '\x1b' not in printed
+    assert [line.split()[1] for line in printed.splitlines()[1:3]] == ['2', '4']
