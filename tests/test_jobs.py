@@ -477,8 +477,10 @@ def test_no_hyperparameters_in_scripts(script):
     fields = {f for f in recipes.Recipe.__dataclass_fields__ if f != 'name'}
     code = '\n'.join(code_lines(script))
     sets = re.findall(r'--set[ =]+(\S+)', code)
-    assert all(s.startswith('world_size_check=false') for s in sets), sets
-    for field in fields - {'world_size_check'}:
+    # Besides the guard, only the user's VIRTUAL_WORKERS (how workers map to GPUs).
+    assert all(s.startswith('world_size_check=false')
+               or s.startswith('"virtual_workers_per_rank=$VIRTUAL_WORKERS"') for s in sets), sets
+    for field in fields - {'world_size_check', 'virtual_workers_per_rank'}:
         assert not re.search(r'(?<![A-Za-z0-9_]){}\s*='.format(field), code), field
     for flag in ('--lr', '--batch', '--epochs', '--batchsize'):
         assert flag not in code
