@@ -69,7 +69,7 @@ class Recipe:
     # Virtual workers (k): each rank runs k micro-batches of batch_per_worker
     # images per iteration, each with its own BN statistics, and averages
     # their gradients before the allreduce; the update is the mean over
-    # ranks x k workers, the paper's mathematics on k times fewer GPUs (§6).
+    # ranks x k workers, the paper's mathematics on k times fewer GPUs (§8).
     # Everything that counts workers counts ranks x k.
     virtual_workers_per_rank: int = 1
     # The world size the recipe was written for; a different one is an error
