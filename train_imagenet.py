@@ -165,7 +165,13 @@ def run(argv=None, stop_flag=None):
     communication.install_abort_on_error()
     comm = communication.create_communicator(
         gpu=args.device != 'cpu', allreduce_grad_dtype=recipe.allreduce_grad_dtype)
-    recipe.check_world_size(comm.size)
+    try:
+        recipe.check_world_size(comm.size)
+    except recipes.RecipeError as error:
+        # Every rank raises it at the same point: rank 0 says it once and no
+        # rank aborts (an MPI_Abort can cut rank 0's message short).
+        error.collective_rank = comm.rank
+        raise
     device = _device(args.device, comm)
     device.use()
 

@@ -126,6 +126,8 @@ def test_world_size_guard_stops_a_mismatched_launch(tmp_path, data_cache):
                                  'expected_workers=4'))
     assert code != 0
     assert 'written for 4 workers but 2 process(es) were started' in text
+    # Every rank raises it together: said once by rank 0, no MPI_Abort that could cut it off.
+    assert text.count('written for 4 workers') == 1 and 'MPI_Abort' not in text, text
 
 
 def _rank_pids(out):
