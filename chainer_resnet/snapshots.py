@@ -217,7 +217,20 @@ class Snapshot(extension.Extension):
 
     # --- resume -----------------------------------------------------------------
     def initialize(self, trainer):
-        """Load the newest loadable snapshot (or ``resume``) into ``trainer``."""
+        """Load the newest loadable snapshot (or ``resume``) into ``trainer``.
+
+        A :class:`SnapshotError` here is raised by every rank together (rank 0's
+        bytes were broadcast, and the checks depend only on them, the recipe and
+        the world size), so it is marked collective: ``train_imagenet.main()``
+        prints it once on rank 0 and no rank aborts.
+        """
+        try:
+            self._load_newest(trainer)
+        except SnapshotError as error:
+            error.collective_rank = self.comm.rank
+            raise
+
+    def _load_newest(self, trainer):
         out = trainer.out
         if self.comm.rank == 0:
             removed = remove_leftovers(out)

@@ -204,6 +204,11 @@ def test_resume_with_another_world_size_or_recipe_is_refused(tmp_path, small_dat
     code, text = launch(trainer_cmd(out, small_data, n=1))
     assert code == 2, text
     assert 'written by a run of 2 rank(s); this launch has 1' in text
+    # A snapshot that cannot be loaded stops both ranks together: rank 0 says it
+    # once and nobody aborts (an MPI_Abort can cut the message off).
+    code, text = launch(trainer_cmd(out, small_data, '--resume', str(out / 'missing.0')))
+    assert code == 2, text
+    assert text.count('cannot resume from --resume') == 1 and 'MPI_Abort' not in text, text
     code, text = launch(trainer_cmd(out, small_data, '--set', 'lr_per_256=0.3'))
     assert code == 2 and 'lr_per_256: 0.2 -> 0.3' in text, text
     assert (out / 'recipe.json').read_text() == recipe_before   # never silently overwritten
