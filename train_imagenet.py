@@ -341,9 +341,8 @@ def open_data(args, recipe, comm):
     # Virtual worker j of this rank is worker rank * k + j of ranks * k: its
     # shard is the one that rank of a k-times larger launch would take.
     k = recipe.virtual_workers_per_rank
-    train_shards = [sampling.scatter_indices(
-        train_ids, comm.size * k, comm.rank * k + j, equal=True, shuffle_seed=recipe.seed)
-        for j in range(k)]
+    train_shards = sampling.scatter_worker_shards(
+        train_ids, comm.size * k, comm.rank * k, k, shuffle_seed=recipe.seed)
     train_local = numpy.concatenate(train_shards)
     val_local = sampling.scatter_indices(val_ids, comm.size, comm.rank, equal=False)
     train_base.check_files(numpy.unique(train_local))

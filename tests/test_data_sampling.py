@@ -319,3 +319,16 @@ def test_iterator_resumes_mid_epoch_exactly(kind, tmp_path):
     assert_same_batches(head + tail, reference)
 
 
+
+
+@pytest.mark.parametrize('n, size, first, count', [(31, 6, 3, 3), (100, 8, 0, 4), (9, 9, 8, 1)])
+def test_worker_shards_are_the_workers_scatter_indices_with_one_permutation(n, size, first,
+                                                                           count):
+    ids = numpy.arange(n) * 3
+    shards = sampling.scatter_worker_shards(ids, size, first, count, shuffle_seed=5)
+    assert len(shards) == count
+    for w, shard in zip(range(first, first + count), shards):
+        numpy.testing.assert_array_equal(
+            shard, sampling.scatter_indices(ids, size, w, equal=True, shuffle_seed=5))
+    with pytest.raises(communication.CommunicationError, match='cannot be split over 32 ranks'):
+        sampling.scatter_worker_shards(ids[:5], 32, 0, 2, shuffle_seed=5)

@@ -58,18 +58,36 @@ def scatter_indices(indices, size, rank, *, equal, shuffle_seed=None):
     class, and contiguous blocks would give each rank a few classes only, so
     its per-worker BN statistics would not describe the data.
     """
-    indices = numpy.asarray(indices)
-    if shuffle_seed is not None:
-        indices = numpy.random.default_rng([shuffle_seed, 11]).permutation(indices)
+    indices = _shuffled(indices, size, shuffle_seed)
     n = len(indices)
-    if n < size:
-        raise CommunicationError(
-            '{} samples cannot be split over {} ranks: use fewer ranks or more '
-            'data'.format(n, size))
     if equal:
         per = -(-n // size)
         return indices[(rank * per + numpy.arange(per)) % n]
     return indices[n * rank // size:n * (rank + 1) // size]
+
+
+def scatter_worker_shards(indices, size, first, count, shuffle_seed=None):
+    """``[scatter_indices(indices, size, w, equal=True, shuffle_seed=...)`` for
+    ``w`` in ``first .. first + count - 1]``, permuting `indices` once.
+
+    A rank's virtual workers (``count = k`` consecutive workers of ``size =
+    ranks * k``): one permutation of the whole index, not k of them.
+    """
+    indices = _shuffled(indices, size, shuffle_seed)
+    n = len(indices)
+    per = -(-n // size)
+    return [indices[(w * per + numpy.arange(per)) % n] for w in range(first, first + count)]
+
+
+def _shuffled(indices, size, shuffle_seed):
+    indices = numpy.asarray(indices)
+    if shuffle_seed is not None:
+        indices = numpy.random.default_rng([shuffle_seed, 11]).permutation(indices)
+    if len(indices) < size:
+        raise CommunicationError(
+            '{} samples cannot be split over {} ranks: use fewer ranks or more '
+            'data'.format(len(indices), size))
+    return indices
 
 
 class EpochOrderSampler(object):
