@@ -231,6 +231,7 @@ class TimedUpdater(updaters.StandardUpdater):
         self.virtual_workers = int(virtual_workers)
         self.bn_statistics = bn_statistics
         self.joint_bn = joint_bn
+        self._running = None
         self._last_end = None
 
     def update_core(self):
@@ -248,7 +249,11 @@ class TimedUpdater(updaters.StandardUpdater):
         loss_func = self.loss_func or target
         parts = [batch] if self.joint_bn or k == 1 else [
             batch[j * len(batch) // k:(j + 1) * len(batch) // k] for j in range(k)]
-        running = _RunningAverages(target) if len(parts) > 1 else None
+        running = None
+        if len(parts) > 1:
+            if self._running is None:        # the model's BN links, found once
+                self._running = _RunningAverages(target)
+            running = self._running
         reporters = chainer.reporter._get_reporters()
         observations = []
         target.cleargrads()
@@ -331,7 +336,7 @@ class _RunningAverages:
         for link, values in zip(self.links, self.kept or ()):
             for name, value in zip(self.NAMES, values):
                 current = getattr(link, name)
-                if hasattr(current, 'shape') and current is not None:
+                if hasattr(current, 'shape'):
                     current[...] = value
                 else:
                     setattr(link, name, value)
