@@ -42,15 +42,23 @@ def write(out, status):
     job script, the next chunk) sees the old status or the new one, never a
     half-written file, even if the job is killed while writing.
     """
-    target = path(out)
-    tmp = os.path.join(out, '.{}.{}.tmp'.format(FILENAME, os.getpid()))
+    return write_text_atomic(path(out), json.dumps(status, indent=2) + '\n')
+
+
+def write_text_atomic(target, text):
+    """Write `text` to the file `target` atomically (see :func:`write`); return `target`.
+
+    The temporary file is ``.<name>.<pid>.tmp`` beside `target`, removed if
+    the write fails.
+    """
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, '.{}.{}.tmp'.format(name, os.getpid()))
     # os.open with mode 0o666 gives the permissions the umask allows, as
     # open() would (tempfile.mkstemp would make the status private: 0o600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         with os.fdopen(fd, 'w') as f:
-            json.dump(status, f, indent=2)
-            f.write('\n')
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import replace
 
-from chainer_resnet import recipes
+from chainer_resnet import recipes, status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ('paper', 'goyal', 'sgd-no-warmup', 'paper-bn-moving-average')
@@ -119,13 +119,8 @@ def _load_results(out):
 
 
 def _save_results(out, results):
-    path = os.path.join(out, 'results.json')
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    status.write_text_atomic(os.path.join(out, 'results.json'),
+                             json.dumps(results, indent=1, sort_keys=True))
 
 
 def _final_validation(run_dir):
@@ -239,10 +234,7 @@ def _write_outputs(out, results, arms, batches, settings):
     _save_results(out, results)
     text = '# Large-batch study\n\n{}\n\nTop-1 (%) on the 1,000 validation images:\n\n{}\n'.format(
         settings, table(results, arms, batches))
-    tmp = os.path.join(out, 'results.md.tmp')
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(out, 'results.md'))
+    status.write_text_atomic(os.path.join(out, 'results.md'), text)
     plot(results, arms, batches, os.path.join(out, 'study.png'))
 
 
