@@ -15,7 +15,6 @@ resumes from the newest snapshot in ``--out``.
 """
 
 import argparse
-import collections
 import os
 import signal
 import sys
@@ -26,27 +25,15 @@ import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
 import chainer
 import chainer.links as L
 
-from chainer_resnet import communication
-from chainer_resnet import extensions as cr_ext
-from chainer_resnet import (batch_normalization, optimizers, recipes, resnet, schedules,
-                            snapshots, status)
+from chainer_resnet import (batch_normalization, communication, evaluator, optimizers,
+                            outcome, recipes, reporting, resnet, schedules, signals,
+                            snapshots, triggers, updater)
 from chainer_resnet.communication import print0
-from chainer_resnet.data import demo, layouts, loader, sampling, transforms
+from chainer_resnet.data import layouts, loader, shards
 
 # What the trainer reports as a one-line error (exit status 2), not a traceback.
 USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError,
                snapshots.SnapshotError)
-# Exit status of a run stopped because its state stopped being finite.
-EXIT_DIVERGED = 3
-
-
-class Diverged(Exception):
-    """Training stopped on a non-finite state; ``collective``: every rank stopped together."""
-
-    def __init__(self, message, rank, collective):
-        super().__init__(message)
-        self.rank = rank
-        self.collective = collective
 
 
 def parse_args(argv):
@@ -120,7 +107,7 @@ def main(argv=None):
     """Command-line entry point; returns the exit status."""
     # The wall-time warning (SIGUSR1) may come at any time, also before or
     # after the training loop: its default action would kill this rank alone.
-    flag = cr_ext.SignalFlag(signal.SIGUSR1)
+    flag = signals.SignalFlag(signal.SIGUSR1)
     try:
         run(argv, stop_flag=flag)
     except USER_ERRORS as e:
@@ -131,14 +118,14 @@ def main(argv=None):
             print('error: {}'.format(e), file=sys.stderr, flush=True)
         if collective_rank is None:
             # Raised on this rank alone: the others may wait in a collective.
-            communication.abort_if_distributed(2)
-        return 2
-    except Diverged as e:
+            communication.abort_if_distributed(outcome.EXIT_USER_ERROR)
+        return outcome.EXIT_USER_ERROR
+    except outcome.Diverged as e:
         if e.rank == 0:
             print('error: {}'.format(e), file=sys.stderr, flush=True)
         if not e.collective:
-            communication.abort_if_distributed(EXIT_DIVERGED)
-        return EXIT_DIVERGED
+            communication.abort_if_distributed(outcome.EXIT_DIVERGED)
+        return outcome.EXIT_DIVERGED
     finally:
         flag.restore()
     return 0
@@ -147,7 +134,7 @@ def main(argv=None):
 def run(argv=None, stop_flag=None):
     """Parse `argv`, train, and return the finished Chainer Trainer.
 
-    `stop_flag` (extensions.SignalFlag): the process-wide wall-time warning
+    `stop_flag` (signals.SignalFlag): the process-wide wall-time warning
     flag; without one, the handler is installed for the training loop only.
     """
     args = parse_args(argv)
@@ -172,12 +159,12 @@ def run(argv=None, stop_flag=None):
         # rank aborts (an MPI_Abort can cut rank 0's message short).
         error.collective_rank = comm.rank
         raise
-    device = _device(args.device, comm)
+    device = communication.device(args.device, comm)
     device.use()
 
     # 3. Data: rank 0 reads the index, every rank takes and checks its shard
-    #    (open_data: start-up costs per rank that do not grow with the ranks).
-    data = open_data(args, recipe, comm)
+    #    (shards.open_data: start-up costs per rank that do not grow with the ranks).
+    data = shards.open_data(comm, recipe, args.train, args.val, args.root, args.data_cache)
     n_train = len(data.train_ids)
     # Workers are ranks x virtual workers per rank: batch, lr, iterations.
     k = recipe.virtual_workers_per_rank
@@ -206,30 +193,17 @@ def run(argv=None, stop_flag=None):
     model = L.Classifier(predictor)
     model.to_device(device)
 
-    # 6. Each rank reads its own images (indices were scattered, not data).
-    #    Decoded images stay PIL until the crop, and the loader processes send
-    #    uint8: the converters normalise on the device (loader.Normalize; the
-    #    same pixels as float32 transforms, a quarter of the bytes).
-    train_tf, val_tf = transforms.from_recipe(recipe, normalize=False)
-    #    With k virtual workers one stream gives each iteration's k
-    #    micro-batches, each the batch that worker would read as a rank.
-    shards = [sampling.AugmentedDataset(loader.PILImages(data.train_base), train_tf,
-                                        recipe.seed, indices=shard)
-              for shard in data.train_shards]
-    if k == 1:
-        train_set = shards[0]
-        sampler = sampling.EpochOrderSampler(len(train_set), recipe.seed)
-    else:
-        train_set = sampling.VirtualWorkerStream(shards, recipe.batch_per_worker, recipe.seed)
-        sampler = sampling.StreamOrderSampler(len(train_set))
-    val_set = sampling.AugmentedDataset(loader.PILImages(data.val_base), val_tf,
-                                        recipe.seed, indices=data.val_local)
+    # 6. Each rank reads its own images (indices were scattered, not data);
+    #    with k virtual workers one stream gives each iteration's k
+    #    micro-batches. The loader processes send uint8: the converters
+    #    normalise on the device (loader.Normalize; a quarter of the bytes).
+    train_set, sampler, val_set = shards.datasets(data, recipe)
     train_iter, val_iter = loader.iterators(
         train_set, val_set, recipe.batch_per_worker * k, sampler, args.loaderjobs,
         val_batch=recipe.batch_per_worker)
     normalize = loader.Normalize(recipe.mean, recipe.std)
     if args.check_images:
-        _check_images(comm, data, args.skip_bad_images)
+        shards.check_images(comm, data, args.skip_bad_images)
 
     # 7. Optimizer: gradients averaged over ranks (fp16 on the wire with
     #    pure_nccl), then weight decay, then the update (docs/method.md §1, §5).
@@ -243,32 +217,33 @@ def run(argv=None, stop_flag=None):
     bn_statistics = None
     if k > 1 and recipe.batch_norm == 'last_batch':
         bn_statistics = batch_normalization.VirtualWorkerStatistics(predictor, k)
-    updater = cr_ext.TimedUpdater(
+    step = updater.TimedUpdater(
         train_iter, optimizer, workers=comm.size, virtual_workers=k,
         bn_statistics=bn_statistics, device=device,
         converter=loader.BadSampleGuard(args.skip_bad_images, converter=normalize,
                                          mode='replace'))
-    stop = cr_ext.ChunkStopTrigger(total_iters, chunk_iters=_chunk_iters(args, ipe))
-    trainer = chainer.training.Trainer(updater, stop, out=out)
-    eval_points = cr_ext.points(recipe.eval_interval_epochs * ipe, total_iters)
-    eval_trigger = cr_ext.PointsTrigger(eval_points)
-    snap_trigger = cr_ext.PointsTrigger(
-        cr_ext.points(recipe.snapshot_interval_epochs * ipe, total_iters), stop)
+    stop = triggers.ChunkStopTrigger(total_iters, chunk_iters=triggers.chunk_iters(
+        args.stop_after_iters, args.stop_after_epochs, ipe))
+    trainer = chainer.training.Trainer(step, stop, out=out)
+    eval_points = triggers.points(recipe.eval_interval_epochs * ipe, total_iters)
+    eval_trigger = triggers.PointsTrigger(eval_points)
+    snap_trigger = triggers.PointsTrigger(
+        triggers.points(recipe.snapshot_interval_epochs * ipe, total_iters), stop)
 
     # 9. On all ranks: schedules, a wall-time warning signal (SIGUSR1 ends the
     #    launch cleanly with a snapshot), BN statistics averaging, evaluation,
     #    snapshots. The schedules also run at initialisation (resume-safe).
     for name, extension in sched.extensions():
         trainer.extend(extension, name=name)
-    stop_signal = cr_ext.StopOnSignal(comm, stop, flag=stop_flag)
+    stop_signal = signals.StopOnSignal(comm, stop, flag=stop_flag)
     trainer.extend(stop_signal)
     bn_sync = None
     if recipe.batch_norm == 'last_batch':
-        bn_sync = cr_ext.BNStatisticsAllreduce(comm, predictor, mode=recipe.bn_stats_average,
-                                               virtual=bn_statistics)
+        bn_sync = batch_normalization.BNStatisticsAllreduce(
+            comm, predictor, mode=recipe.bn_stats_average, virtual=bn_statistics)
         trainer.extend(bn_sync, trigger=eval_trigger, name='bn_allreduce_eval')
         trainer.extend(bn_sync, trigger=snap_trigger, name='bn_allreduce_snapshot')
-    trainer.extend(cr_ext.ExactEvaluator(
+    trainer.extend(evaluator.ExactEvaluator(
         val_iter, model, comm, device=device,
         converter=loader.BadSampleGuard(args.skip_bad_images, converter=normalize,
                                          mode='drop')),
@@ -283,9 +258,9 @@ def run(argv=None, stop_flag=None):
     # 10. Reporting on rank 0 only.
     plots = []
     if comm.rank == 0:
-        plots = cr_ext.extend_reporting(
+        plots = reporting.extend_reporting(
             trainer, recipe.log_interval_iters, sched.names,
-            plot_trigger=cr_ext.PointsTrigger(eval_points, stop),
+            plot_trigger=triggers.PointsTrigger(eval_points, stop),
             progress_bar=not args.no_progress)
 
     # 11. Run (the snapshot extension resumes first), then save the model
@@ -298,151 +273,10 @@ def run(argv=None, stop_flag=None):
         if bn_sync is not None:
             bn_sync()
         if comm.rank == 0:
-            _finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by)
+            outcome.finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by)
     except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
-        raise _diverged(e, comm, trainer, out, total_iters) from None
+        raise outcome.diverged(e, comm, trainer, out, total_iters) from None
     return trainer
-
-
-def _device(name, comm):
-    """The Chainer device of this rank: 'cpu', 'gpu' (by node-local rank) or a GPU id."""
-    if name == 'cpu':
-        return chainer.get_device('@numpy')
-    gpu_id = communication.select_gpu(comm, explicit=None if name == 'gpu' else int(name))
-    return chainer.get_device('@cupy:{}'.format(gpu_id))
-
-
-Data = collections.namedtuple(
-    'Data', 'train_base val_base train_ids val_ids train_local val_local train_shards')
-
-
-def open_data(args, recipe, comm):
-    """The datasets and this rank's shards, at a cost per rank that does not grow with the ranks.
-
-    Rank 0 alone reads the list files (or walks the class folders) and the
-    index reaches every rank in one broadcast (a dataset error ends every rank
-    with rank 0's message). Every rank then takes its shard: training indices
-    are shuffled before they are split (list files are usually sorted by
-    class) and padded to equal length; validation indices are split in
-    disjoint blocks, each image exactly once. Each rank checks that the files
-    of its own shards exist (the demo dataset is built once per node under a
-    file lock).
-    """
-    train_path, val_path, root = _dataset_paths(args)
-
-    def index():
-        train = layouts.open_dataset(train_path, root, recipe.num_classes, check_files=False)
-        val = layouts.open_dataset(val_path, root, recipe.num_classes, check_files=False,
-                                   classes=getattr(train, 'classes', None))
-        return train, val
-    train_base, val_base = communication.from_rank0(comm, index)
-    train_ids = sampling.subset(len(train_base), recipe.train_subset, recipe.seed)
-    val_ids = sampling.subset(len(val_base), recipe.val_subset, recipe.seed)
-    # Virtual worker j of this rank is worker rank * k + j of ranks * k: its
-    # shard is the one that rank of a k-times larger launch would take.
-    k = recipe.virtual_workers_per_rank
-    train_shards = sampling.scatter_worker_shards(
-        train_ids, comm.size * k, comm.rank * k, k, shuffle_seed=recipe.seed)
-    train_local = numpy.concatenate(train_shards)
-    val_local = sampling.scatter_indices(val_ids, comm.size, comm.rank, equal=False)
-    train_base.check_files(numpy.unique(train_local))
-    val_base.check_files(val_local)
-    return Data(train_base, val_base, train_ids, val_ids, train_local, val_local, train_shards)
-
-
-def _dataset_paths(args):
-    """(train, val, root) from the flags; the embedded demo dataset by default."""
-    if args.train is None:
-        data = demo.demo_dataset(cache_dir=args.data_cache)
-        return data.train_list, data.val_list, data.root
-    if args.val is None:
-        raise layouts.DatasetError('--train given without --val')
-    return args.train, args.val, args.root
-
-
-def _chunk_iters(args, ipe):
-    if args.stop_after_iters is not None:
-        return args.stop_after_iters
-    if args.stop_after_epochs is not None:
-        return max(1, int(round(args.stop_after_epochs * ipe)))
-    return None
-
-
-def _check_images(comm, data, max_bad):
-    """--check-images: each rank reads its shards once; all stop together if too many fail."""
-    bad = []
-    for base, indices, what in ((data.train_base, data.train_local, 'training'),
-                                (data.val_base, data.val_local, 'validation')):
-        found = loader.check_images(base, numpy.unique(indices))
-        for index, path, error in found:
-            print('rank {}: unreadable {} image {} (index {}): {}'.format(
-                comm.rank, what, path, index, error), file=sys.stderr, flush=True)
-        bad.extend(found)
-    counts = comm.mpi_comm.allgather(len(bad))
-    print0(comm, 'check-images: {} unreadable image(s) over {} rank(s) (at most {} on a rank; '
-           '--skip-bad-images allows {} per rank)'.format(sum(counts), comm.size, max(counts),
-                                                        max_bad))
-    if max(counts) > max_bad:
-        error = layouts.DatasetError(
-            '--check-images found {} unreadable image(s) (listed above, per rank). Replace '
-            'them or remove them from the dataset, or pass --skip-bad-images N to train '
-            'without them.'.format(sum(counts)))
-        error.collective_rank = comm.rank   # every rank stops here: no abort, one message
-        raise error
-
-
-def _diverged(error, comm, trainer, out, total_iters):
-    """Rank 0 records why the run stopped; the error for main() to report."""
-    newest = snapshots.list_snapshots(out)
-    where = ('The last finite snapshot, {}, is kept'.format(newest[0][1]) if newest
-             else 'No snapshot was written yet')
-    message = ('{}. {}; nothing non-finite was saved. Lower the learning rate (e.g. '
-               '--set lr_per_256=...) and start a new run with another --out, or continue '
-               'from that snapshot with the new value and --allow-recipe-change.'
-               .format(error, where))
-    if comm.rank == 0:
-        status.write(out, {'iteration': trainer.updater.iteration, 'total_iters': total_iters,
-                           'complete': False, 'failed': 'diverged', 'error': message,
-                           'snapshot': newest[0][1] if newest else None})
-    return Diverged(message, comm.rank,
-                    collective=isinstance(error, optimizers.TrainingDiverged))
-
-
-def _finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
-    """Rank 0 at the end of a launch: model.npz, status.json and the closing lines."""
-    iteration = trainer.updater.iteration
-    done = iteration >= total_iters
-    model_path = os.path.join(out, 'model.npz')
-    weights = chainer.serializers.npz.serialize(predictor)
-    bad = snapshots.non_finite_entries(weights)
-    if bad:
-        raise snapshots.NonFiniteStateError(
-            'the model at iteration {} holds NaN or infinite values in {} (first: {}); '
-            'model.npz was not written'.format(iteration, len(bad), bad[0]))
-    snapshots.write_npz_atomic(model_path, weights)
-    st = {'iteration': iteration, 'total_iters': total_iters, 'complete': done,
-          'log': os.path.join(out, 'log'), 'model': model_path,
-          'plots': [os.path.join(out, name) for name in plots]}
-    evaluations = [e for e in trainer.get_extension('LogReport').log
-                   if 'validation/main/accuracy' in e]
-    if evaluations:
-        st['val_top1'] = evaluations[-1]['validation/main/accuracy']
-        st['val_top5'] = evaluations[-1]['validation/main/top5']
-    if stopped_by is not None and not done:
-        st['stopped'] = stopped_by
-    status.write(out, st)
-    if done:
-        print('\nTraining complete at iteration {}/{}.'.format(iteration, total_iters))
-    elif stopped_by is not None:
-        print('\nStopped by {} at iteration {}/{} (re-launch to continue).'.format(
-            stopped_by, iteration, total_iters))
-    else:
-        print('\nStopped at iteration {}/{} (re-launch to continue).'.format(
-            iteration, total_iters))
-    if evaluations:
-        print('validation top-1 {:.2%}, top-5 {:.2%}'.format(st['val_top1'], st['val_top5']))
-    print('log:   {}\nplots: {}\nmodel: {}'.format(st['log'], ', '.join(st['plots']),
-                                                  model_path), flush=True)
 
 
 if __name__ == '__main__':

@@ -26,10 +26,11 @@ report; the exit status is 0 (OK), 3 (SKIP) or 1 (FAIL).
 import argparse
 import os
 import sys
-import time
 import traceback
 
 import numpy
+
+import resnet_step   # benchmarks/resnet_step.py, beside this file
 
 OK, FAIL, SKIP = 0, 1, 3
 
@@ -43,24 +44,9 @@ def result(status, reason=None, **values):
     return status
 
 
-def _timed(step, sync, warmup, iters):
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync()
-    t1 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync()
-    t2 = time.perf_counter()
-    return t1 - t0, (t2 - t1) / iters
-
-
 def chainer_step(args):
     import chainer_resnet  # noqa: F401  (chainer compatibility hook first)
     import chainer
-    import chainer.functions as F
-    from chainer_resnet import batch_normalization, optimizers, resnet
 
     gpu = args.device == 'gpu'
     info = {}
@@ -79,28 +65,10 @@ def chainer_step(args):
                 info['cudnn'] = 'yes'
     device = chainer.get_device('@cupy:0' if gpu else '@numpy')
     device.use()
-    numpy.random.seed(0)
-    model = resnet.ResNet50(n_class=1000, bn=batch_normalization.LastBatchNormalization)
-    model.to_device(device)
-    opt = optimizers.RMSpropWarmup(lr=0.1, alpha_sgd=0.5)
-    opt.setup(model)
-    xp = device.xp
-    x = xp.asarray(numpy.random.standard_normal(
-        (args.batch, 3, args.size, args.size)).astype(numpy.float32))
-    t = xp.asarray(numpy.random.randint(0, 1000, args.batch).astype(numpy.int32))
-
-    def step():
-        loss = F.softmax_cross_entropy(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        opt.update()
-
-    def sync():
-        if gpu:
-            device.device.synchronize()   # CuPy launches are asynchronous
+    step, sync = resnet_step.chainer_step(device, args.size, args.batch)
 
     with chainer.using_config('use_cudnn', args.cudnn):
-        warm, per_iter = _timed(step, sync, args.warmup, args.iters)
+        warm, per_iter = resnet_step.timed(step, sync, args.warmup, args.iters)
     return result(OK, images_per_s='{:.1f}'.format(args.batch / per_iter),
                   s_per_iter='{:.4f}'.format(per_iter), warmup_s='{:.1f}'.format(warm),
                   size=args.size, batch=args.batch, use_cudnn=args.cudnn, **info)
@@ -141,7 +109,7 @@ def torch_step(args):
         if gpu:
             torch.cuda.synchronize()
 
-    warm, per_iter = _timed(step, sync, args.warmup, args.iters)
+    warm, per_iter = resnet_step.timed(step, sync, args.warmup, args.iters)
     info = {'torch': torch.__version__}
     if gpu:
         info['gpu'] = torch.cuda.get_device_name(0).replace(' ', '_')
@@ -181,7 +149,7 @@ def allreduce(args):
             link.w.grad = xp.asarray(g)
         comm.multi_node_mean_grad(model)
 
-    warm, per_call = _timed(step, sync, args.warmup, args.iters)
+    warm, per_call = resnet_step.timed(step, sync, args.warmup, args.iters)
     step()
     sync()
     worst = 0.0

@@ -13,7 +13,7 @@ Everything runs through tests/scale_probe.py under the virtualenv's mpiexec
    the pickle the broadcast sends (size, pickling and unpickling time).
 2. **Start-up vs ranks** (1, 2, 4, 8 at 10^5 lines) **and vs list size**
    (10^4, 10^5, 1.28 x 10^6 lines at 4 ranks): wall time (the slowest rank)
-   and per-rank filesystem metadata calls of ``train_imagenet.open_data``
+   and per-rank filesystem metadata calls of ``chainer_resnet.data.shards.open_data``
    (rank 0 indexes, one broadcast, each rank checks its shard) beside the old
    way (every rank opens the lists with ``check_files=True``). Image files
    are not created: the probe's counted ``os.stat`` answers for paths under

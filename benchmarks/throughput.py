@@ -47,14 +47,12 @@ import sys
 import tempfile
 import time
 
-import numpy
-
 import chainer_resnet  # noqa: F401
 import chainer
-import chainer.functions as F
 
-from chainer_resnet import batch_normalization, optimizers, resnet
 from chainer_resnet.data import demo, layouts, sampling, transforms
+
+import resnet_step   # benchmarks/resnet_step.py, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The smoke recipe made a steady-state window: batch 32 per rank (the paper's
@@ -68,36 +66,11 @@ CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}
 RESULT_TAG = 'overhead-result: '
 
 
-def _sync(device):
-    if device.xp is not numpy:
-        device.device.synchronize()   # CuPy launches are asynchronous
-
-
 def model_step_rate(device, size, batch, iters, warmup=2):
-    numpy.random.seed(0)
-    model = resnet.ResNet50(n_class=1000, bn=batch_normalization.LastBatchNormalization)
-    model.to_device(device)
-    opt = optimizers.RMSpropWarmup(lr=0.1, alpha_sgd=0.5)
-    opt.setup(model)
-    xp = device.xp
-    x = xp.asarray(numpy.random.standard_normal((batch, 3, size, size)).astype('f'))
-    t = xp.asarray(numpy.random.randint(0, 1000, batch).astype('i'))
-
-    def step():
-        loss = F.softmax_cross_entropy(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        opt.update()
-
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    return batch * iters / elapsed, elapsed / iters
+    """(images/s, seconds per step) of the synthetic step (resnet_step.chainer_step)."""
+    step, sync = resnet_step.chainer_step(device, size, batch)
+    _, per_iter = resnet_step.timed(step, sync, warmup, iters)
+    return batch / per_iter, per_iter
 
 
 def data_rate(size, n=400):
@@ -133,7 +106,7 @@ def bare_step(updater):
     converter = getattr(updater.converter, 'converter', updater.converter)
     optimizer.update(optimizer.target, *converter(updater.get_iterator('main').next(),
                                                   updater.input_device))
-    _sync(optimizer.target.device)
+    resnet_step.sync(optimizer.target.device)
 
 
 def overhead_worker(args):

@@ -4,8 +4,8 @@ With about 39 iterations per epoch a moving average of BN statistics is a poor e
 Akiba et al. (2017) keep, on each worker, only the statistics of its **last training minibatch**
 and average them over all workers just before every evaluation (and before saving a model).
 :class:`LastBatchNormalization` is the per-worker half of that; the averaging is an extension
-written elsewhere (``extensions.py``) that reads and writes the ``mean`` and ``var`` persistents
-of every link returned by :func:`bn_links`.
+(:class:`BNStatisticsAllreduce`, below) that reads and writes the ``mean`` and ``var``
+persistents of every link returned by :func:`bn_links`.
 
 Which variance is stored
     By default the **biased** (population) variance of the minibatch, ``mean((x - mean)**2)``:
@@ -37,6 +37,9 @@ import numpy
 import chainer
 import chainer.functions as F
 from chainer import backend
+from chainer.training import extension
+
+from chainer_resnet import optimizers
 
 
 def _initializer(value, default, dtype):
@@ -158,7 +161,7 @@ class VirtualWorkerStatistics:
     :class:`LastBatchNormalization` links, so after the iteration the links
     hold only the last micro-batch's statistics. The updater calls
     :meth:`record` after micro-batch ``j``'s forward pass; the statistics
-    allreduce then averages all k of every rank (``extensions.BNStatisticsAllreduce``),
+    allreduce then averages all k of every rank (:class:`BNStatisticsAllreduce`),
     as a run with k times more ranks averages one per rank.
 
     The copies stay on the links' device (one concatenation per micro-batch,
@@ -222,3 +225,86 @@ def combine_statistics(means, vars):
     mean = means.mean(axis=0)
     var = vars.mean(axis=0) + ((means - mean) ** 2).mean(axis=0)
     return mean, var
+
+
+def _to_host(array):
+    return chainer.backend.CpuDevice().send(array)
+
+
+class BNStatisticsAllreduce(extension.Extension):
+    """Average the kept BN statistics of every worker (docs/method.md §3).
+
+    Each worker's :class:`LastBatchNormalization`
+    links hold the statistics of that worker's last training batch. This
+    extension replaces them, on every worker, by their average over workers,
+    so evaluation and saved models use statistics of the last *global* batch.
+    It is a collective: every rank must run it at the same iterations.
+
+    With virtual workers (``virtual``, a :class:`VirtualWorkerStatistics`),
+    each rank contributes the statistics of each of its k workers' last
+    micro-batch, and the average is over ranks x k, as a run with k times more
+    ranks would take it; before any training step since the last average, each
+    worker holds the links' values.
+
+    Args:
+        comm: a ChainerMN communicator.
+        model: the link whose BN links are averaged.
+        mode: ``'mean'`` averages means and variances separately, as the
+            paper-era ChainerMN ``AllreducePersistent`` did; ``'union'`` gives
+            the exact variance of the union of the workers' batches
+            (mean of variances plus variance of means).
+        virtual: the rank's virtual workers' statistics, or None (one worker).
+    """
+
+    priority = extension.PRIORITY_WRITER + 10   # before evaluator and snapshot
+
+    def __init__(self, comm, model, mode='mean', virtual=None):
+        if mode not in ('mean', 'union'):
+            raise ValueError("BN statistics mode must be 'mean' or 'union', "
+                             'got {!r}'.format(mode))
+        self.comm = comm
+        self.model = model
+        self.mode = mode
+        self.virtual = virtual
+
+    def __call__(self, trainer=None):
+        links = bn_links(self.model)
+        if not links:
+            return
+        k = self.virtual.k if self.virtual is not None else 1
+        if self.comm.size * k > 1:
+            self._average(links, k)
+        # The averaged statistics are the same on every rank: all stop together.
+        bad = [name for name, link in self.model.namedlinks() if link in links
+               and not (numpy.isfinite(_to_host(link.mean)).all()
+                        and numpy.isfinite(_to_host(link.var)).all())]
+        if bad:
+            raise optimizers.TrainingDiverged(
+                trainer.updater.iteration if trainer is not None else -1,
+                'the worker-averaged BN statistics', bad)
+
+    def _average(self, links, k):
+        if self.virtual is not None and self.virtual.complete:
+            means, variances = self.virtual.stacked()           # (k, N): one row per worker
+        else:
+            means = numpy.concatenate([_to_host(bn.mean) for bn in links]).astype(
+                numpy.float64)[None]
+            variances = numpy.concatenate([_to_host(bn.var) for bn in links]).astype(
+                numpy.float64)[None]
+        # 'union': average E[x^2] = var + mean^2 and take E[x^2] - E[x]^2.
+        second = variances + means ** 2 if self.mode == 'union' else variances
+        # Sums over this rank's workers (k equal rows when none recorded), then over ranks.
+        weight = k // len(means)
+        local = numpy.concatenate([means.sum(axis=0), second.sum(axis=0)]) * weight
+        total = numpy.empty_like(local)
+        self.comm.mpi_comm.Allreduce(local, total)
+        avg_mean, avg_second = numpy.split(total / (self.comm.size * k), 2)
+        avg_var = avg_second - avg_mean ** 2 if self.mode == 'union' else avg_second
+        offset = 0
+        for link in links:
+            end = offset + link.mean.size
+            link.set_statistics(avg_mean[offset:end].astype(link.mean.dtype),
+                                avg_var[offset:end].astype(link.var.dtype))
+            offset = end
+        if self.virtual is not None:
+            self.virtual.clear()

@@ -210,6 +210,16 @@ def select_gpu(comm, visible_gpus=None, explicit=None):
     return comm.intra_rank
 
 
+def device(name, comm):
+    """The Chainer device of this rank: ``'cpu'``, ``'gpu'`` (the GPU of the
+    node-local rank, :func:`select_gpu`) or a GPU id (``--device``)."""
+    import chainer
+    if name == 'cpu':
+        return chainer.get_device('@numpy')
+    gpu_id = select_gpu(comm, explicit=None if name == 'gpu' else int(name))
+    return chainer.get_device('@cupy:{}'.format(gpu_id))
+
+
 def from_rank0(comm, fn, *args, errors=(), **kwargs):
     """``fn(*args, **kwargs)``, computed on rank 0 and returned on every rank.
 

@@ -211,6 +211,13 @@ class Recipe:
                               .format(self.name))
         return self
 
+    def fitting_virtual_workers(self, ranks):
+        """Virtual workers per rank that give ``ranks`` the workers the recipe pins,
+        or None (no pinned number, or not a multiple of ``ranks``)."""
+        if self.expected_workers is None or self.expected_workers % ranks:
+            return None
+        return self.expected_workers // ranks
+
     def check_world_size(self, ranks):
         """Raise RecipeError if the recipe pins another number of workers than
         ``ranks`` x virtual_workers_per_rank."""
@@ -222,11 +229,10 @@ class Recipe:
             if k > 1:
                 started += ' x {} virtual workers = {} workers'.format(k, workers)
             hint = ''
-            if self.expected_workers % ranks == 0:
+            fit = self.fitting_virtual_workers(ranks)
+            if fit:
                 hint = (' To run its mathematics on {} ranks, give each rank {} virtual '
-                        'workers: --set virtual_workers_per_rank={}.'.format(
-                            ranks, self.expected_workers // ranks,
-                            self.expected_workers // ranks))
+                        'workers: --set virtual_workers_per_rank={}.'.format(ranks, fit, fit))
             raise RecipeError(
                 'recipe {!r} is written for {} workers but {}. If the launcher was meant '
                 'to start {} ranks, it did not (e.g. srun without --mpi=pmix starts '
@@ -395,7 +401,8 @@ def main(argv=None):
     ``facts NAME RANKS [K]`` prints, space-separated on one line, what a job
     script needs before it launches: the number of workers the recipe pins (0
     for any), the global batch and eta_base at ``RANKS`` x ``K`` workers (``K``
-    virtual workers per rank, default the recipe's). ``show NAME`` prints the
+    virtual workers per rank, default the recipe's), and the virtual workers
+    per rank that would give ``RANKS`` the pinned workers (0 for none). ``show NAME`` prints the
     recipe as JSON; no arguments lists the names. Exit status 2 on a bad name.
     """
     import argparse
@@ -403,7 +410,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m chainer_resnet.recipes',
                                 description=main.__doc__.split('\n\n')[0])
     sub = p.add_subparsers(dest='command')
-    facts = sub.add_parser('facts', help='expected_workers global_batch base_lr')
+    facts = sub.add_parser('facts', help='expected_workers global_batch base_lr '
+                           'fitting_virtual_workers')
     facts.add_argument('name')
     facts.add_argument('ranks', type=int)
     facts.add_argument('virtual_workers', type=int, nargs='?', default=None,
@@ -422,7 +430,8 @@ def main(argv=None):
                         args.virtual_workers))
                 r = replace(r, virtual_workers_per_rank=args.virtual_workers)
             workers = r.workers(args.ranks)
-            print(r.expected_workers or 0, r.global_batch(workers), r.base_lr(workers))
+            print(r.expected_workers or 0, r.global_batch(workers), r.base_lr(workers),
+                  r.fitting_virtual_workers(args.ranks) or 0)
         elif args.command == 'show':
             print(get(args.name).to_json())
         else:

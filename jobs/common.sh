@@ -294,17 +294,17 @@ train_argv() {
     # another size the guard is lifted explicitly; preflight's rank count
     # then takes over that job.
     # Virtual workers count as workers: 64 ranks x 16 is akiba2017's 1,024.
-    local facts expected batch lr workers=$((NP * VIRTUAL_WORKERS))
+    local facts expected batch lr fit workers=$((NP * VIRTUAL_WORKERS))
     facts=$("$PYTHON" -m chainer_resnet.recipes facts "$RECIPE" "$NP" "$VIRTUAL_WORKERS") \
         || die "cannot read recipe $RECIPE with $PYTHON (is chainer_resnet installed in VENV=${VENV:-}?)"
-    read -r expected batch lr <<<"$facts"
+    read -r expected batch lr fit <<<"$facts"
     if ((VIRTUAL_WORKERS > 1)); then
         TRAIN_ARGV+=(--set "virtual_workers_per_rank=$VIRTUAL_WORKERS")
     fi
     if ((expected != 0 && expected != workers)); then
         local hint=""
-        if ((expected % NP == 0)); then
-            hint=" (VIRTUAL_WORKERS=$((expected / NP)) would give its $expected workers on these $NP ranks)"
+        if ((fit > 0)); then
+            hint=" (VIRTUAL_WORKERS=$fit would give its $expected workers on these $NP ranks)"
         fi
         log "scaling: recipe $RECIPE is written for $expected workers; this job runs $NP ranks ($nodes node(s) x $GPUS_PER_NODE)${per_rank:-}$hint. Passing --set world_size_check=false; the learning rate follows the linear scaling rule (global batch $batch, base lr $lr). This is not the paper's configuration."
         TRAIN_ARGV+=(--set world_size_check=false)

@@ -13,9 +13,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import train_imagenet  # noqa: E402
-from chainer_resnet import extensions  # noqa: E402
+from chainer_resnet import updater  # noqa: E402
 
-real_init = extensions.TimedUpdater.__init__
+real_init = updater.TimedUpdater.__init__
 
 
 def joint_init(self, *args, **kwargs):
@@ -23,5 +23,5 @@ def joint_init(self, *args, **kwargs):
     real_init(self, *args, **kwargs)
 
 
-extensions.TimedUpdater.__init__ = joint_init
+updater.TimedUpdater.__init__ = joint_init
 sys.exit(train_imagenet.main(sys.argv[1:]))

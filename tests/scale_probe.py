@@ -7,7 +7,7 @@ benchmarks/scale.py run under mpiexec.
 
 ``startup``: every rank opens the datasets twice, counting its filesystem
 metadata calls each time: first as the trainer does
-(``train_imagenet.open_data``: rank 0 indexes and broadcasts, each rank checks
+(``chainer_resnet.data.shards.open_data``: rank 0 indexes and broadcasts, each rank checks
 its shard), then as every rank did before issue 10 (``open_dataset`` with
 ``check_files=True`` on every rank: the negative control). Paths under ``R``
 with an image extension "exist" (the counted ``os.stat`` answers for them), so a
@@ -45,7 +45,7 @@ import chainer  # noqa: E402
 import chainer.links as L  # noqa: E402
 
 from chainer_resnet import communication, recipes, snapshots  # noqa: E402
-from chainer_resnet.data import layouts, sampling  # noqa: E402
+from chainer_resnet.data import layouts, sampling, shards  # noqa: E402
 
 # Calls that reach the filesystem's metadata server: everything in os.path and
 # os.walk ends in one of these. The entry points are counted on their own too.
@@ -212,7 +212,8 @@ def startup(comm, args):
     start = time.perf_counter()
     with MetadataCounter(args.root) as counter, counting_mpi(comm) as sent, \
             timed_phases() as phases:
-        data = train_imagenet.open_data(trainer_args, recipe, comm)
+        data = shards.open_data(comm, recipe, trainer_args.train, trainer_args.val,
+                                trainer_args.root, trainer_args.data_cache)
     seconds = time.perf_counter() - start
     results['startup'] = _startup_entry(comm, counter, seconds, data.train_local,
                                         data.val_local, sent, phases)

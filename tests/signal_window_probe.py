@@ -13,8 +13,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import train_imagenet  # noqa: E402
+from chainer_resnet.data import shards  # noqa: E402
 
-real_open_data = train_imagenet.open_data
+real_open_data = shards.open_data
 real_wait = train_imagenet.snapshots.Snapshot.wait
 
 
@@ -28,7 +29,7 @@ def wait(self):
     return real_wait(self)
 
 
-train_imagenet.open_data = open_data
+shards.open_data = open_data
 train_imagenet.snapshots.Snapshot.wait = wait
 entry = {'main': train_imagenet.main, 'run': train_imagenet.run}[sys.argv[1]]
 sys.exit(entry(sys.argv[2:]) if sys.argv[1] == 'main' else (entry(sys.argv[2:]) and 0))

@@ -6,7 +6,7 @@ import chainer.functions as F
 import chainer.links as L
 
 from chainer_resnet.batch_normalization import (
-    LastBatchNormalization, bn_links, combine_statistics)
+    BNStatisticsAllreduce, LastBatchNormalization, bn_links, combine_statistics)
 from chainer_resnet.resnet import ResNet50
 
 EPS = 2e-5
@@ -300,3 +300,15 @@ def test_gpu_matches_cpu(shape):
     gpu.set_statistics(numpy.zeros(shape[1]), numpy.ones(shape[1]))
     assert isinstance(gpu.mean, cupy.ndarray)
     assert float(gpu.var.sum()) == shape[1]
+
+
+def test_bn_statistics_check_stops_on_non_finite_averaged_statistics():
+    import types
+    from chainer_resnet.optimizers import TrainingDiverged
+    model = chainer.Sequential(LastBatchNormalization(3), LastBatchNormalization(3))
+    sync = BNStatisticsAllreduce(types.SimpleNamespace(size=1), model)
+    sync()                                           # finite: nothing happens
+    model[1].var[1] = numpy.inf
+    trainer = types.SimpleNamespace(updater=types.SimpleNamespace(iteration=7))
+    with pytest.raises(TrainingDiverged, match=r'iteration 7: .*BN statistics.*\(first: /1\)'):
+        sync(trainer)

@@ -13,7 +13,7 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
-from chainer_resnet import batch_normalization, communication, extensions, optimizers
+from chainer_resnet import batch_normalization, communication, evaluator, optimizers
 
 pytestmark = pytest.mark.mpi
 
@@ -136,8 +136,8 @@ def test_exact_evaluation_counts_each_image_once(comm, n):
     local = chainer.datasets.SubDataset(dataset, start, end)
     it = chainer.iterators.SerialIterator(local, 2, repeat=False, shuffle=False)
     model = L.Classifier(_Logits())
-    result = extensions.ExactEvaluator(it, model, comm).evaluate()
-    result2 = extensions.ExactEvaluator(it, model, comm).evaluate()   # reusable
+    result = evaluator.ExactEvaluator(it, model, comm).evaluate()
+    result2 = evaluator.ExactEvaluator(it, model, comm).evaluate()   # reusable
     top1, top5 = _expected(n)
     assert result['validation/main/images'] == n
     assert result['validation/main/accuracy'] == pytest.approx(top1)
@@ -175,7 +175,7 @@ def _bn_after_one_batch(comm):
 @pytest.mark.parametrize('mode', ['mean', 'union'])
 def test_bn_statistics_averaged_over_ranks(comm, mode):
     link, model = _bn_after_one_batch(comm)
-    extensions.BNStatisticsAllreduce(comm, model, mode=mode)()
+    batch_normalization.BNStatisticsAllreduce(comm, model, mode=mode)()
     mean, var = link.mean.copy(), link.var.copy()
     everyone = comm.mpi_comm.allgather((mean, var))
     w = comm.size

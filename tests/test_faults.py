@@ -10,10 +10,8 @@ dataset of 64 training and 40 validation images that each case may damage.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy
 import pytest
@@ -22,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import launching  # noqa: E402  (tests/launching.py)
 from run_mpi import mpiexec  # noqa: E402
 
 MPIEXEC = mpiexec()
@@ -69,25 +68,7 @@ def trainer_cmd(out, data, *extra, n=2):
 
 def launch(cmd, timeout=240):
     """Run `cmd` in its own process group; (exit status, output); fails if anything is left."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail('the launch hung for {} s:\n{}'.format(timeout, output[-4000:]))
-    deadline = time.time() + 10
-    while True:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break                                # no process of the launch is left
-        if time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail('processes of the launch were left running:\n' + output[-4000:])
-        time.sleep(0.2)
-    return proc.returncode, output
+    return launching.launch(cmd, timeout)
 
 
 def snapshot_files(out):

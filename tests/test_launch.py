@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import launching  # noqa: E402  (tests/launching.py)
 from run_mpi import mpiexec  # noqa: E402
 
 MPIEXEC = mpiexec()
@@ -42,9 +43,8 @@ def trainer_cmd(out, data_cache, *extra, n=2):
 
 
 def run(cmd, timeout=300):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
-    return proc.returncode, proc.stdout + proc.stderr
+    """Run `cmd` in its own process group (tests/launching.py); (exit status, output)."""
+    return launching.launch(cmd, timeout)
 
 
 def test_exception_on_one_rank_ends_all_ranks():

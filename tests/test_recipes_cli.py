@@ -18,16 +18,18 @@ def run(capsys, *argv):
     return code, out, err
 
 
-# expected_workers (0: any), global batch = 32 x ranks (8 for smoke), and
-# eta_base = lr_per_256 x batch / 256 (method.md §2) written out by hand.
+# expected_workers (0: any), global batch = 32 x ranks (8 for smoke),
+# eta_base = lr_per_256 x batch / 256 (method.md §2) and the virtual workers
+# per rank that fit the pinned workers (0: none) written out by hand.
 @pytest.mark.parametrize('name, ranks, line', [
-    ('akiba2017', 1024, '1024 32768 12.8'),        # the paper
-    ('akiba2017', 128, '1024 4096 1.6'),           # 16 nodes: scaled, guard lifted
-    ('akiba2017', 8, '1024 256 0.1'),
-    ('goyal2017', 256, '256 8192 3.2'),
-    ('demo', 2, '0 64 0.05'),                      # lr_per_256 = 0.2
-    ('smoke', 2, '0 16 0.0125'),
-    ('AKIBA2017', 1024, '1024 32768 12.8'),        # names are case-insensitive
+    ('akiba2017', 1024, '1024 32768 12.8 1'),      # the paper
+    ('akiba2017', 128, '1024 4096 1.6 8'),         # 16 nodes: scaled, guard lifted
+    ('akiba2017', 8, '1024 256 0.1 128'),
+    ('akiba2017', 20, '1024 640 0.25 0'),          # 1,024 is no multiple of 20
+    ('goyal2017', 256, '256 8192 3.2 1'),
+    ('demo', 2, '0 64 0.05 0'),                    # lr_per_256 = 0.2
+    ('smoke', 2, '0 16 0.0125 0'),
+    ('AKIBA2017', 1024, '1024 32768 12.8 1'),      # names are case-insensitive
 ])
 def test_facts(capsys, name, ranks, line):
     code, out, err = run(capsys, 'facts', name, str(ranks))
@@ -37,9 +39,10 @@ def test_facts(capsys, name, ranks, line):
 def test_facts_agree_with_the_recipe(capsys):
     for name, r in recipes.RECIPES.items():
         code, out, _ = run(capsys, 'facts', name, '64')
-        expected, batch, lr = out.split()
+        expected, batch, lr, fit = out.split()
         assert code == 0
         assert int(expected) == (r.expected_workers or 0)
+        assert int(fit) == (r.fitting_virtual_workers(64) or 0)
         assert int(batch) == r.global_batch(64)
         assert float(lr) == pytest.approx(r.base_lr(64))
 
@@ -77,7 +80,7 @@ def test_facts_as_the_job_scripts_run_it():
                               + list(argv), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, universal_newlines=True)
     r = facts('akiba2017', '128')
-    assert (r.returncode, r.stdout, r.stderr) == (0, '1024 4096 1.6\n', '')
+    assert (r.returncode, r.stdout, r.stderr) == (0, '1024 4096 1.6 8\n', '')
     r = facts('nope', '8')
     assert r.returncode == 2 and r.stdout == ''
     assert r.stderr.startswith('error: unknown recipe') and len(r.stderr.splitlines()) == 1

@@ -22,10 +22,7 @@ Timings are in benchmarks/scale.py, not here.
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 
 import numpy
 import pytest
@@ -34,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import launching  # noqa: E402  (tests/launching.py)
 from run_mpi import mpiexec  # noqa: E402
 
 MPIEXEC = mpiexec()
@@ -51,36 +49,8 @@ pytestmark = [pytest.mark.slow,
 
 
 def launch(cmd, timeout):
-    """Run `cmd` in a process group of its own; return (exit status, output).
-
-    The test fails, and the group is killed, when the launch outlives
-    `timeout` or any of its processes outlives mpiexec by 10 s.
-    """
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, text=True, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    problem = None
-    try:
-        output = proc.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        problem = 'the launch hung for {} s'.format(timeout)
-    if problem is None:
-        for _ in range(50):
-            if not _group_alive(proc.pid):
-                return proc.returncode, output
-            time.sleep(0.2)
-        problem = 'processes of the launch were left running'
-    if _group_alive(proc.pid):
-        os.killpg(proc.pid, signal.SIGKILL)
-    output = proc.communicate()[0] if problem.startswith('the launch hung') else output
-    pytest.fail('{}: {}\n{}'.format(problem, ' '.join(cmd), (output or '')[-4000:]))
-
-
-def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Run `cmd` in a process group of its own (tests/launching.py); (exit status, output)."""
+    return launching.launch(cmd, timeout, env=ENV)
 
 
 def probe(n, *args, timeout=180):

@@ -33,7 +33,7 @@ import pytest
 import chainer
 import chainer.links as L
 
-from chainer_resnet import batch_normalization, extensions, recipes
+from chainer_resnet import batch_normalization, recipes, updater
 from chainer_resnet.data import sampling
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -153,7 +153,7 @@ def test_bn_statistics_average_every_virtual_worker_in_both_modes(mode):
             model(x)
             stats.record(j)
     assert stats.complete
-    extensions.BNStatisticsAllreduce(_OneRank(), model, mode=mode, virtual=stats)()
+    batch_normalization.BNStatisticsAllreduce(_OneRank(), model, mode=mode, virtual=stats)()
     means = numpy.stack([x.mean(axis=0) for x in batches])
     variances = numpy.stack([x.var(axis=0) for x in batches])
     if mode == 'union':
@@ -170,7 +170,7 @@ def test_bn_statistics_average_every_virtual_worker_in_both_modes(mode):
     # Averaged: every worker now holds the average, a second call keeps it.
     assert not stats.complete
     kept = model.a.mean.copy(), model.a.var.copy()
-    extensions.BNStatisticsAllreduce(_OneRank(), model, mode=mode, virtual=stats)()
+    batch_normalization.BNStatisticsAllreduce(_OneRank(), model, mode=mode, virtual=stats)()
     numpy.testing.assert_allclose(model.a.mean, kept[0], rtol=1e-6)
     numpy.testing.assert_allclose(model.a.var, kept[1], rtol=1e-6)
 
@@ -203,13 +203,13 @@ def _step(k, joint_bn=False):
     opt = chainer.optimizers.SGD(lr=0.1)
     opt.setup(model)
     converter = _Recorder()
-    updater = extensions.TimedUpdater(it, opt, virtual_workers=k, converter=converter,
-                                      joint_bn=joint_bn)
+    step = updater.TimedUpdater(it, opt, virtual_workers=k, converter=converter,
+                                joint_bn=joint_bn)
     reporter = chainer.Reporter()
     reporter.add_observer('main', model)
     observation = {}
     with reporter.scope(observation):
-        updater.update()
+        step.update()
     return model, converter.sizes, observation
 
 
@@ -267,7 +267,7 @@ def test_the_world_size_guard_counts_virtual_workers():
 
 def test_recipe_facts_take_the_virtual_workers(capsys):
     assert recipes.main(['facts', 'akiba2017', '64', '16']) == 0
-    assert capsys.readouterr().out.split() == ['1024', '32768', '12.8']
+    assert capsys.readouterr().out.split() == ['1024', '32768', '12.8', '16']
     assert recipes.main(['facts', 'akiba2017', '64', '0']) == 2
 
 

@@ -13,12 +13,16 @@ One concept per module:
 - :mod:`~chainer_resnet.data.loader`: the trainer's iterators, the
   converter that skips or stops at bad samples (:class:`BadSampleGuard`),
   and a preflight read of every image (:func:`check_images`);
+- :mod:`~chainer_resnet.data.shards`: a run's datasets and this rank's
+  shards (:func:`~chainer_resnet.data.shards.open_data`), at a cost per rank
+  that does not grow with the ranks;
 - :mod:`~chainer_resnet.data.demo`: 5,000 MNIST digits as JPEG files, so
   everything runs without ImageNet;
 - :mod:`~chainer_resnet.data.stats`: per-channel mean and std, also the
   command ``python -m chainer_resnet.data.stats``.
 
-The public names of the first five are re-exported here. ``stats`` is not
+The public names of layouts, transforms, sampling, loader and demo are
+re-exported here (``shards`` is reached through its module). ``stats`` is not
 imported (running it with ``-m`` after the package imported it would make
 Python warn), and ``transforms.from_recipe`` and ``loader.iterators`` are
 reached through their modules, where their names say what they build.

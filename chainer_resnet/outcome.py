@@ -1,0 +1,83 @@
+"""How a launch ends: the model file, ``status.json`` and the closing lines, or a divergence.
+
+:func:`finish` is rank 0's work at the end of a launch that trained (to the
+end, to its chunk's end, or stopped by a signal); :func:`diverged` records a
+run that stopped on a non-finite state and returns the :class:`Diverged`
+error the trainer's ``main()`` reports. Exit statuses of the trainer:
+0 done (or stopped to be continued), :data:`EXIT_USER_ERROR` a user error
+(fix and re-launch), :data:`EXIT_DIVERGED` a run that diverged.
+"""
+
+import os
+
+import chainer
+
+from chainer_resnet import optimizers, snapshots, status
+
+# A user error: one `error:` line, fix it and re-launch.
+EXIT_USER_ERROR = 2
+# A run stopped because its state stopped being finite.
+EXIT_DIVERGED = 3
+
+
+class Diverged(Exception):
+    """Training stopped on a non-finite state; ``collective``: every rank stopped together."""
+
+    def __init__(self, message, rank, collective):
+        super().__init__(message)
+        self.rank = rank
+        self.collective = collective
+
+
+def diverged(error, comm, trainer, out, total_iters):
+    """Rank 0 records why the run stopped; the error for main() to report."""
+    newest = snapshots.list_snapshots(out)
+    where = ('The last finite snapshot, {}, is kept'.format(newest[0][1]) if newest
+             else 'No snapshot was written yet')
+    message = ('{}. {}; nothing non-finite was saved. Lower the learning rate (e.g. '
+               '--set lr_per_256=...) and start a new run with another --out, or continue '
+               'from that snapshot with the new value and --allow-recipe-change.'
+               .format(error, where))
+    if comm.rank == 0:
+        status.write(out, {'iteration': trainer.updater.iteration, 'total_iters': total_iters,
+                           'complete': False, 'failed': 'diverged', 'error': message,
+                           'snapshot': newest[0][1] if newest else None})
+    return Diverged(message, comm.rank,
+                    collective=isinstance(error, optimizers.TrainingDiverged))
+
+
+def finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
+    """Rank 0 at the end of a launch: model.npz, status.json and the closing lines."""
+    iteration = trainer.updater.iteration
+    done = iteration >= total_iters
+    model_path = os.path.join(out, 'model.npz')
+    weights = chainer.serializers.npz.serialize(predictor)
+    bad = snapshots.non_finite_entries(weights)
+    if bad:
+        raise snapshots.NonFiniteStateError(
+            'the model at iteration {} holds NaN or infinite values in {} (first: {}); '
+            'model.npz was not written'.format(iteration, len(bad), bad[0]))
+    snapshots.write_npz_atomic(model_path, weights)
+    st = {'iteration': iteration, 'total_iters': total_iters, 'complete': done,
+          'log': os.path.join(out, 'log'), 'model': model_path,
+          'plots': [os.path.join(out, name) for name in plots]}
+    evaluations = [e for e in trainer.get_extension('LogReport').log
+                   if 'validation/main/accuracy' in e]
+    if evaluations:
+        st['val_top1'] = evaluations[-1]['validation/main/accuracy']
+        st['val_top5'] = evaluations[-1]['validation/main/top5']
+    if stopped_by is not None and not done:
+        st['stopped'] = stopped_by
+    status.write(out, st)
+    if done:
+        print('\nTraining complete at iteration {}/{}.'.format(iteration, total_iters))
+    elif stopped_by is not None:
+        print('\nStopped by {} at iteration {}/{} (re-launch to continue).'.format(
+            stopped_by, iteration, total_iters))
+    else:
+        print('\nStopped at iteration {}/{} (re-launch to continue).'.format(
+            iteration, total_iters))
+    if evaluations:
+        print('validation top-1 {:.2%}, top-5 {:.2%}'.format(st['val_top1'], st['val_top5']))
+    print('log:   {}\nplots: {}\nmodel: {}'.format(st['log'], ', '.join(st['plots']),
+                                                  model_path), flush=True)

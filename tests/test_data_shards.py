@@ -1,0 +1,60 @@
+"""chainer_resnet.data.shards: a run's datasets and this rank's shards, on one process.
+
+Across ranks (each rank checks only its shard; one broadcast of the index):
+tests/test_scale.py and tests/test_launch.py.
+"""
+
+import dataclasses
+
+import numpy
+import pytest
+
+from chainer_resnet import communication, recipes
+from chainer_resnet.data import layouts, sampling, shards
+
+
+@pytest.fixture(scope='module')
+def comm():
+    return communication.create_communicator(gpu=False)
+
+
+def _recipe(**changes):
+    return dataclasses.replace(recipes.SMOKE, train_subset=None, val_subset=None, **changes)
+
+
+def test_open_data_takes_every_image_once_on_one_rank(comm, list_tree):
+    list_path, root = list_tree
+    data = shards.open_data(comm, _recipe(num_classes=3), list_path, list_path, root)
+    assert len(data.train_base) == 3 and len(data.val_base) == 3
+    assert sorted(data.train_local) == [0, 1, 2] and list(data.val_local) == [0, 1, 2]
+    assert len(data.train_shards) == 1
+
+
+def test_virtual_workers_get_the_shards_of_k_times_more_ranks(comm, list_tree):
+    list_path, root = list_tree
+    recipe = _recipe(num_classes=3, virtual_workers_per_rank=2)
+    data = shards.open_data(comm, recipe, list_path, list_path, root)
+    expected = [sampling.scatter_indices(numpy.arange(3), 2, j, equal=True,
+                                         shuffle_seed=recipe.seed)
+                for j in range(2)]
+    assert [list(s) for s in data.train_shards] == [list(e) for e in expected]
+    train_set, sampler, _ = shards.datasets(data, recipe)
+    assert isinstance(train_set, sampling.VirtualWorkerStream)
+    assert isinstance(sampler, sampling.StreamOrderSampler)
+
+
+def test_datasets_of_one_worker_are_the_augmented_shard(comm, list_tree):
+    list_path, root = list_tree
+    recipe = _recipe(num_classes=3)
+    data = shards.open_data(comm, recipe, list_path, list_path, root)
+    train_set, sampler, val_set = shards.datasets(data, recipe)
+    assert isinstance(train_set, sampling.AugmentedDataset)
+    assert isinstance(sampler, sampling.EpochOrderSampler)
+    image, label = val_set[0]
+    assert image.dtype == numpy.uint8 and image.shape == (3, recipe.crop_size, recipe.crop_size)
+
+
+def test_train_without_val_is_a_dataset_error(comm, list_tree):
+    list_path, root = list_tree
+    with pytest.raises(layouts.DatasetError, match='--train given without --val'):
+        shards.open_data(comm, _recipe(num_classes=3), list_path, None, root)

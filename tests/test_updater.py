@@ -1,0 +1,81 @@
+"""chainer_resnet.updater: the clock that ends a device phase is read after a synchronize.
+
+Virtual workers' micro-batches: tests/test_virtual_workers.py.
+"""
+
+import numpy
+
+import chainer
+
+from chainer_resnet import updater as cr_updater
+
+
+
+class _FakeDevice(object):
+    """A device whose arrays are not NumPy's (as CuPy's), recording synchronize()."""
+
+    xp = object()
+
+    def __init__(self, events):
+        self.device = self
+        self.events = events
+
+    def synchronize(self):
+        self.events.append('synchronize')
+
+
+class _StepModel(chainer.Link):
+    """A parameterless model on `device` that records when it computes."""
+
+    def __init__(self, events, device=None):
+        super().__init__()
+        self.events = events
+        self.fake_device = device
+
+    @property
+    def device(self):
+        return self.fake_device or super().device
+
+    def forward(self, x):
+        self.events.append('step')
+        return chainer.Variable(numpy.asarray(x.sum(), numpy.float32))
+
+
+class _Clock(object):
+    def __init__(self, events):
+        self.events = events
+
+    def perf_counter(self):
+        self.events.append('clock')
+        return float(len(self.events))
+
+
+def _timed_updater(model):
+    it = chainer.iterators.SerialIterator([numpy.ones(2, numpy.float32)] * 4, 2)
+    opt = chainer.optimizers.SGD()
+    opt.setup(model)
+    return cr_updater.TimedUpdater(it, opt)
+
+
+def test_timed_updater_synchronizes_the_device_before_reading_the_clock(monkeypatch):
+    events = []
+    updater = _timed_updater(_StepModel(events, _FakeDevice(events)))
+    monkeypatch.setattr(cr_updater, 'time', _Clock(events))
+    with chainer.reporter.Reporter().scope({}):
+        updater.update()
+    # start (after the previous phase's device work), loaded, then the step,
+    # whose end is read only once the device has finished it.
+    assert events == ['synchronize', 'clock', 'clock', 'step', 'synchronize', 'clock']
+
+
+def test_timed_updater_on_numpy_reports_without_synchronizing(monkeypatch):
+    events = []
+    updater = _timed_updater(_StepModel(events))   # a NumPy device: no synchronize()
+    monkeypatch.setattr(cr_updater, 'time', _Clock(events))
+    observation = {}
+    with chainer.reporter.Reporter().scope(observation):
+        updater.update()
+    assert events == ['clock', 'clock', 'step', 'clock']
+    # clock values 1, 2 and 4: data wait 1 s, compute 2 s for 2 images
+    assert observation['perf/data_wait_sec'] == 1.0
+    assert observation['perf/compute_images_per_sec'] == 1.0
