@@ -9,7 +9,7 @@ One process per GPU (or a CPU process), launched directly or under mpiexec:
         --train train.txt --val val.txt --root /data/imagenet \\
         --set world_size_check=false
 
-Every number of the run is in the recipe (chainer_resnet/recipes.py);
+Every number of the run is in the recipe (chainer_resnet/recipes/named.py);
 ``--set key=value`` overrides one field. Re-launching the same command
 resumes from the newest snapshot in ``--out``.
 """
@@ -36,11 +36,19 @@ USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.Communic
                snapshots.SnapshotError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage, help and errors rank 0 alone prints: every rank
+    parses the same command line, so every rank fails (exit 2) or stops the same way."""
+
+    def _print_message(self, message, file=None):
+        if communication.process_rank() == 0:
+            super()._print_message(message, file)
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--recipe', default='demo',
-                   help='one of: ' + ', '.join(sorted(recipes.RECIPES)))
+                   help='one of: {} (default: demo)'.format(', '.join(sorted(recipes.RECIPES))))
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override one recipe field (repeatable)')
     p.add_argument('--train', help='training list file (path label per line) or '
@@ -56,7 +64,7 @@ def parse_args(argv):
                    "or a GPU id")
     p.add_argument('--loaderjobs', type=_count(0), default=2,
                    help='data-loading processes per rank (0: load in the main '
-                   'process)')
+                   'process; default: 2)')
     p.add_argument('--stop-after-epochs', type=_positive_float,
                    help='stop (with a snapshot) after this many epochs of this '
                    'launch, to fit a wall-time limit; re-launch to continue')
@@ -77,7 +85,10 @@ def parse_args(argv):
                    '(default: $CHAINER_RESNET_DATA or ~/.cache/chainer_resnet)')
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar (batch jobs)')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.train is not None and args.val is None:
+        p.error('--train given without --val (the validation list file or class folders)')
+    return args
 
 
 def _count(minimum):
@@ -138,7 +149,12 @@ def run(argv=None, stop_flag=None):
     flag; without one, the handler is installed for the training loop only.
     """
     args = parse_args(argv)
-    recipe = recipes.resolve(args.recipe, args.set)
+    try:
+        recipe = recipes.resolve(args.recipe, args.set)
+    except recipes.RecipeError as error:
+        # Every rank reads the same command line: said once, by rank 0.
+        error.collective_rank = communication.process_rank()
+        raise
     out = args.out or os.path.join('results', recipe.name)
 
     # 1. Forkserver before the communicator: loader processes forked after
@@ -171,20 +187,17 @@ def run(argv=None, stop_flag=None):
     sched = schedules.from_recipe(recipe, recipe.workers(comm.size), n_train)
     ipe, total_iters = sched.iters_per_epoch, sched.total_iters
 
-    # 4. Rank 0 prints the derived quantities and writes the effective recipe.
+    # 4. Rank 0 checks the output folder and writes the effective recipe (an
+    #    error there ends every rank with its message), then prints the
+    #    derived quantities.
+    communication.from_rank0(comm, snapshots.prepare_output, out, recipe,
+                             args.allow_recipe_change, errors=(snapshots.SnapshotError,))
     if comm.rank == 0:
         if recipe.train_subset is None and n_train != recipe.train_images:
             communication.warn0(comm, 'recipe {!r} expects {} training images, the '
                                 'dataset has {}; iterations follow the dataset.'.format(
                                     recipe.name, recipe.train_images, n_train))
-        snapshots.check_output_folder(out)
-        snapshots.keep_recipe(out, recipe, args.allow_recipe_change)
-        summary = dict(recipe.summary(comm.size, n_train), peak_lr=sched.peak('lr'))
-        print0(comm, 'chainer_resnet: ' + ', '.join(
-            '{}={}'.format(k, v) for k, v in summary.items()))
-        print0(comm, 'device={} communicator={} allreduce_grad_dtype={} out={}'.format(
-            device, type(comm).__name__,
-            recipe.allreduce_grad_dtype if args.device != 'cpu' else 'float32', out))
+        print0(comm, outcome.summary_lines(recipe, comm, n_train, sched, device, out))
 
     # 5. Model: seeded initialisation; rank 0's weights are broadcast with
     #    the optimizer. BN link and zero-gamma per recipe (resnet.from_recipe).

@@ -13,6 +13,7 @@ thread writes. Numbers are printed, never asserted.
 """
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -82,6 +83,11 @@ def main(argv=None):
     p.add_argument('--out', help='folder to write into (default: a temporary one)')
     p.add_argument('--repeat', type=int, default=3)
     args = p.parse_args(argv)
+    if args.out is not None:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            p.error('--out {}: cannot create the folder ({})'.format(args.out, e.strerror or e))
     out = args.out or tempfile.mkdtemp(prefix='snapshot-bench-')
     state = _State(args.mb)
     idle = _compute_rate(1.0)

@@ -12,6 +12,10 @@ import sys
 
 LOCAL_RANK_VARIABLES = ('OMPI_COMM_WORLD_LOCAL_RANK', 'MV2_COMM_WORLD_LOCAL_RANK',
                         'MPI_LOCALRANKID', 'SLURM_LOCALID', 'PMI_LOCAL_RANK')
+# What launchers set to tell a process its rank: lets a process know whether
+# it is rank 0 before MPI is initialised (to say an argument error once).
+LAUNCHER_RANK_VARIABLES = ('OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'PMIX_RANK',
+                           'SLURM_PROCID')
 
 
 class CommunicationError(RuntimeError):
@@ -58,18 +62,75 @@ def abort_if_distributed(code):
         mpi.COMM_WORLD.Abort(code)
 
 
+def launcher_rank():
+    """This process's rank as the launcher numbered it (a string), or None."""
+    for name in LAUNCHER_RANK_VARIABLES:
+        if name in os.environ:
+            return os.environ[name]
+    return None
+
+
+def process_rank():
+    """This process's rank in MPI_COMM_WORLD, also before MPI is initialised
+    (from the launcher's variables); 0 for a process started alone."""
+    mpi = sys.modules.get('mpi4py.MPI')
+    if mpi is not None and mpi.Is_initialized():
+        return mpi.COMM_WORLD.Get_rank()
+    rank = launcher_rank()
+    return int(rank) if rank is not None and rank.isdigit() else 0
+
+
+def agree(mpi_comm, error):
+    """Raise on every rank the user error that some ranks found, said once by rank 0.
+
+    For a check each rank makes on its own (its node's CuPy, its GPU) before a
+    collective: a rank that raised alone would leave the others waiting in
+    that collective. One small allreduce when nothing failed; only when some
+    rank failed, their errors are gathered and every rank raises the lowest
+    rank's (with ``collective_rank`` set, so the trainer prints it once and
+    no rank aborts), saying on how many ranks and where it happened.
+
+    Args:
+        mpi_comm: an mpi4py communicator (``MPI.COMM_WORLD``, ``comm.mpi_comm``).
+        error (Exception or None): this rank's error.
+    """
+    from mpi4py import MPI
+    if not mpi_comm.allreduce(error is not None, op=MPI.LOR):
+        return
+    found = [(rank, host, e) for rank, (host, e) in enumerate(mpi_comm.allgather(
+        (os.uname().nodename, None if error is None else _picklable(
+            error, (type(error),)))))
+        if e is not None]
+    rank, host, first = found[0]
+    if len(found) < mpi_comm.Get_size():
+        hosts = sorted({h for _, h, _ in found})
+        first = type(first)('on {} of {} ranks (rank {} on host {}{}): {}'.format(
+            len(found), mpi_comm.Get_size(), rank, host,
+            '; hosts: ' + ', '.join(hosts[:8]) + (' ...' if len(hosts) > 8 else '')
+            if len(hosts) > 1 else '', first))
+    first.collective_rank = mpi_comm.Get_rank()
+    raise first
+
+
 def create_communicator(*, gpu, allreduce_grad_dtype='float16'):
     """ChainerMN communicator for this run.
 
     On GPUs: ``pure_nccl`` with gradients cast to `allreduce_grad_dtype` only
     for the allreduce (the paper's fp16, docs/method.md §5). On CPU: ``naive``
     (MPI allreduce in the gradients' own dtype, fp32); ChainerMN supports the
-    fp16 option only on ``pure_nccl``.
+    fp16 option only on ``pure_nccl``. A GPU stack missing on any rank
+    (:func:`check_gpu_stack`) ends every rank with one message (:func:`agree`).
     """
     import chainermn
     if gpu:
         import numpy
-        check_gpu_stack()
+        from mpi4py import MPI
+        problem = None
+        try:
+            check_gpu_stack()
+        except CommunicationError as e:
+            problem = e
+        agree(MPI.COMM_WORLD, problem)
         return chainermn.create_communicator(
             'pure_nccl', allreduce_grad_dtype=numpy.dtype(allreduce_grad_dtype))
     return chainermn.create_communicator('naive')

@@ -10,6 +10,8 @@ error the trainer's ``main()`` reports. Exit statuses of the trainer:
 
 import os
 
+import numpy
+
 import chainer
 
 from chainer_resnet import optimizers, snapshots, status
@@ -18,6 +20,24 @@ from chainer_resnet import optimizers, snapshots, status
 EXIT_USER_ERROR = 2
 # A run stopped because its state stopped being finite.
 EXIT_DIVERGED = 3
+
+
+def summary_lines(recipe, comm, n_train, sched, device, out):
+    """What rank 0 prints before training: the run's derived quantities, the device.
+
+    ``sched`` (:class:`~chainer_resnet.schedules.RecipeSchedules`) gives the
+    peak learning rate. On CPU the ``naive`` communicator averages in fp32:
+    the recipe's fp16 wire format belongs to ``pure_nccl`` on GPUs.
+    """
+    summary = dict(recipe.summary(comm.size, n_train), peak_lr=sched.peak('lr'))
+    dtype = recipe.allreduce_grad_dtype
+    if device.xp is numpy and dtype != 'float32':
+        dtype = 'float32 (naive communicator on CPU; the recipe\'s {} is pure_nccl\'s, ' \
+                'on GPUs)'.format(dtype)
+    return '\n'.join([
+        'chainer_resnet: ' + ', '.join('{}={}'.format(k, v) for k, v in summary.items()),
+        'device={} communicator={} allreduce_grad_dtype={} out={}'.format(
+            device, type(comm).__name__, dtype, out)])
 
 
 class Diverged(Exception):
@@ -32,12 +52,15 @@ class Diverged(Exception):
 def diverged(error, comm, trainer, out, total_iters):
     """Rank 0 records why the run stopped; the error for main() to report."""
     newest = snapshots.list_snapshots(out)
-    where = ('The last finite snapshot, {}, is kept'.format(newest[0][1]) if newest
-             else 'No snapshot was written yet')
-    message = ('{}. {}; nothing non-finite was saved. Lower the learning rate (e.g. '
-               '--set lr_per_256=...) and start a new run with another --out, or continue '
-               'from that snapshot with the new value and --allow-recipe-change.'
-               .format(error, where))
+    if newest:
+        message = ('{}. The last finite snapshot, {}, is kept; nothing non-finite was saved. '
+                   'Lower the learning rate (e.g. --set lr_per_256=...) and start a new run '
+                   'with another --out, or continue from that snapshot with the new value '
+                   'and --allow-recipe-change.'.format(error, newest[0][1]))
+    else:
+        message = ('{}. No snapshot was written yet; nothing non-finite was saved. Lower '
+                   'the learning rate (e.g. --set lr_per_256=...) and start again with '
+                   'another --out (or empty this one).'.format(error))
     if comm.rank == 0:
         status.write(out, {'iteration': trainer.updater.iteration, 'total_iters': total_iters,
                            'complete': False, 'failed': 'diverged', 'error': message,
@@ -78,6 +101,9 @@ def finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
         print('\nStopped at iteration {}/{} (re-launch to continue).'.format(
             iteration, total_iters))
     if evaluations:
-        print('validation top-1 {:.2%}, top-5 {:.2%}'.format(st['val_top1'], st['val_top5']))
+        last = evaluations[-1]['iteration']
+        print('validation top-1 {:.2%}, top-5 {:.2%}{}'.format(
+            st['val_top1'], st['val_top5'],
+            '' if last == iteration else ' (the last evaluation, at iteration {})'.format(last)))
     print('log:   {}\nplots: {}\nmodel: {}'.format(st['log'], ', '.join(st['plots']),
                                                   model_path), flush=True)

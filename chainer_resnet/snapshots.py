@@ -256,7 +256,7 @@ class Snapshot(extension.Extension):
                         path, trainer.updater.iteration))
                 return
             failures.append('{}: {}'.format(path, problem))
-            if self.comm.rank == 0:
+            if self.comm.rank == 0 and self.resume is None:   # an explicit one has no other
                 self._log('snapshot: cannot load {} ({}); trying the previous one'
                           .format(path, problem))
         if self.resume is not None:
@@ -309,7 +309,7 @@ class Snapshot(extension.Extension):
                 raise SnapshotError(
                     '{} was written by a run of {} rank(s); this launch has {}. The data '
                     'order of every rank depends on the world size, so the run cannot '
-                    'continue exactly. Re-launch with {} ranks, or start a new run with '
+                    'continue exactly. Re-launch with {} rank(s), or start a new run with '
                     'another --out.'.format(path, saved, self.comm.size, saved))
         if META_RECIPE in f.files:
             saved = json.loads(str(f[META_RECIPE]))
@@ -410,6 +410,12 @@ def check_output_folder(out):
     except OSError as e:
         raise SnapshotError('cannot write to the output folder --out {} ({}). Pass a folder '
                             'you can write to.'.format(out, e.strerror or e)) from None
+
+
+def prepare_output(out, recipe, allow_change):
+    """Rank 0 before training: :func:`check_output_folder`, then :func:`keep_recipe`."""
+    check_output_folder(out)
+    keep_recipe(out, recipe, allow_change)
 
 
 def keep_recipe(out, recipe, allow_change, log=None):

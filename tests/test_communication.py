@@ -2,6 +2,7 @@
 
 import multiprocessing
 import pickle
+import sys
 import types
 
 import numpy
@@ -278,3 +279,63 @@ def test_from_rank0_under_mpi_same_result_and_same_error_on_every_rank():
         assert values == [0, 10, 20, 30, 40]
         assert message == 'train.txt, line 3: label 2 is out of range'
     assert [calls for _, calls, _ in results] == [[0]] + [[]] * (comm.size - 1)
+
+
+def test_process_rank_before_mpi_reads_the_launchers_variables(monkeypatch):
+    for name in communication.LAUNCHER_RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, 'mpi4py.MPI', None)      # as if MPI were not started
+    assert communication.process_rank() == 0                  # started alone
+    monkeypatch.setenv('PMI_RANK', '3')
+    assert communication.process_rank() == 3
+
+
+class _Gathering:
+    """The mpi4py surface agree() uses, as `rank` of `size` ranks sees it (errors given)."""
+
+    def __init__(self, rank, errors):
+        self.rank, self.errors = rank, errors
+
+    def Get_size(self):
+        return len(self.errors)
+
+    def Get_rank(self):
+        return self.rank
+
+    def allreduce(self, value, op=None):
+        return any(e is not None for e in self.errors)
+
+    def allgather(self, mine):
+        return [(mine[0], e) for e in self.errors]
+
+
+def test_agree_raises_the_first_ranks_error_on_every_rank_and_says_where():
+    found = communication.CommunicationError('no CuPy')
+    communication.agree(_Gathering(0, [None, None]), None)           # nobody failed
+    for rank in (0, 1):
+        with pytest.raises(communication.CommunicationError) as info:
+            communication.agree(_Gathering(rank, [None, found, found]), None)
+        assert info.value.collective_rank == rank                    # rank 0 says it
+        assert str(info.value).startswith('on 2 of 3 ranks (rank 1 on host ')
+        assert str(info.value).endswith('): no CuPy')
+    with pytest.raises(communication.CommunicationError) as info:    # every rank: as it is
+        communication.agree(_Gathering(0, [found, found]), found)
+    assert str(info.value) == 'no CuPy'
+
+
+@pytest.mark.mpi
+def test_agree_under_mpi_one_ranks_error_ends_every_rank_together():
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    mine = communication.CommunicationError('rank 1 has no GPU') if world.rank == 1 else None
+    try:
+        communication.agree(world, mine)
+        raised = None
+    except communication.CommunicationError as e:
+        raised = (str(e), e.collective_rank)
+    seen = world.allgather(raised)
+    if world.size == 1:
+        assert seen == [None]
+    else:
+        assert all(message.endswith(': rank 1 has no GPU') and rank == r
+                   for r, (message, rank) in enumerate(seen))

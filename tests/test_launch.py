@@ -21,6 +21,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import launching  # noqa: E402  (tests/launching.py)
+from chainer_resnet import recipes  # noqa: E402
 from run_mpi import mpiexec  # noqa: E402
 
 MPIEXEC = mpiexec()
@@ -221,3 +222,44 @@ def test_the_trainer_sends_uint8_and_trains_on_the_float32_transform_pixels(tmp_
                       '--out', str(tmp_path / 'run'), '--data-cache', data_cache,
                       '--loaderjobs', '0', '--no-progress', '--stop-after-iters', '1'])
     assert code == 0 and 'wiring ok' in text, text
+
+
+# --- every user error: one `error:` line per job, no abort banner ----------------------
+ABORT_LINES = re.compile(r'MPI_Abort|Abort\(|BAD TERMINATION|KILLED BY SIGNAL|Traceback',
+                         re.I)
+
+
+def _user_error_cases(tmp_path):
+    """(name, extra trainer arguments, a text the one error line must hold)."""
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('not a folder')
+    changed = tmp_path / 'changed'
+    changed.mkdir()
+    recipe = json.loads(recipes.resolve('smoke', []).to_json())
+    recipe['lr_per_256'] = 0.3
+    (changed / 'recipe.json').write_text(json.dumps(recipe))
+    return [
+        ('recipe value', ['--set', 'epochs=inf'], 'from --set epochs=inf'),
+        ('unknown field', ['--set', 'epoch=3'], "unknown recipe field 'epoch'"),
+        ('argument', ['--stop-after-iters', '0'], 'argument --stop-after-iters'),
+        ('gpu without cupy', ['--device', 'gpu'], 'needs CuPy'),
+        ('out is a file', ['--out', str(a_file)], 'is a file, not a folder'),
+        ('changed --set', ['--out', str(changed)], 'lr_per_256: 0.3 -> 0.2'),
+        ('missing --resume', ['--resume', str(tmp_path / 'nope')], 'cannot resume from'),
+        ('train without val', ['--train', str(a_file)], '--train given without --val'),
+    ]
+
+
+def test_every_user_error_is_said_once_by_rank_0_without_an_abort(tmp_path, data_cache):
+    for name, extra, text in _user_error_cases(tmp_path):
+        cmd = trainer_cmd(tmp_path / 'run', data_cache, *extra)
+        code, output = run(cmd)
+        # argparse's own form is 'train_imagenet.py: error: ...'.
+        errors = [line for line in output.splitlines()
+                  if line.startswith(('error: ', 'train_imagenet.py: error: '))]
+        assert code == 2, (name, output)
+        assert len(errors) == 1 and text in errors[0], (name, output)
+        assert not ABORT_LINES.search(output), (name, output)
+        assert 'trying the previous one' not in output, (name, output)
+        if name == 'argument':
+            assert output.count('usage: ') == 1, output     # the usage line, once

@@ -40,6 +40,18 @@ def test_finish_of_a_stopped_launch_says_what_stopped_it(tmp_path, tiny_trainer,
         capsys.readouterr().out
 
 
+def test_an_evaluation_of_an_earlier_launch_is_labelled(tmp_path, tiny_trainer, capsys):
+    trainer, model = _trained(tiny_trainer)
+    log = trainer.get_extension('LogReport').log
+    log[0].update({'validation/main/accuracy': 0.5, 'validation/main/top5': 0.75})
+    outcome.finish(trainer, model.predictor, str(tmp_path), 8, [])
+    assert ('validation top-1 50.00%, top-5 75.00% (the last evaluation, at iteration 2)'
+            in capsys.readouterr().out)
+    log[-1].update({'validation/main/accuracy': 0.5, 'validation/main/top5': 0.75})
+    outcome.finish(trainer, model.predictor, str(tmp_path), 8, [])
+    assert 'validation top-1 50.00%, top-5 75.00%\n' in capsys.readouterr().out
+
+
 def test_finish_refuses_a_non_finite_model(tmp_path, tiny_trainer):
     trainer, model = _trained(tiny_trainer)
     model.predictor.W.array[0, 0] = numpy.nan
@@ -55,7 +67,7 @@ def test_diverged_records_the_failure_on_rank_0_only(tmp_path):
     assert not (tmp_path / 'status.json').exists()          # rank 1 writes nothing
     rank0 = outcome.diverged(error, types.SimpleNamespace(rank=0), trainer, str(tmp_path), 9)
     assert (rank0.rank, rank0.collective, rank1.rank) == (0, True, 1)
-    assert 'No snapshot was written yet' in str(rank0)
+    assert 'No snapshot was written yet' in str(rank0) and 'that snapshot' not in str(rank0)
     status = json.loads((tmp_path / 'status.json').read_text())
     assert (status['failed'], status['iteration'], status['snapshot']) == ('diverged', 3, None)
     # A non-finite state found by rank 0 alone (its snapshot) is not collective.

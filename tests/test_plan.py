@@ -284,14 +284,3 @@ def test_bn_channel_count():
     stages = ((64, 3), (128, 4), (256, 6), (512, 3))
     assert plan.RESNET50_BN_CHANNELS == 64 + sum(n * 6 * c + 4 * c for c, n in stages)
     assert math.isclose(plan.RESNET50_PARAMS, 25557032)
-
-
-def test_readme_example_is_the_real_output(capsys):
-    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
-        doc = f.read()
-    section = doc.split('## How long will it take on my cluster?', 1)[1]
-    block = section.split('```\n$ ', 1)[1].split('\n```', 1)[0]
-    command, pasted = block.split('\n', 1)
-    argv = command.split()
-    assert argv[:3] == ['python', '-m', 'chainer_resnet.plan']
-    assert run_cli(argv[3:], capsys) == pasted.split('\n')

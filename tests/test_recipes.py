@@ -56,7 +56,7 @@ def test_demo_is_the_paper_recipe_scaled():
                   'zero_init_residual', 'lr_rmsprop', 'mu1', 'mu2', 'eps',
                   'weight_decay', 'allreduce_grad_dtype'):
         assert getattr(DEMO, field) == getattr(AKIBA2017, field), field
-    # The one optimizer deviation, documented in recipes.py: 4.4 epochs at
+    # The one optimizer deviation, documented in recipes/named.py: 4.4 epochs at
     # the peak rate instead of 40 need twice the rate per 256 images.
     assert DEMO.lr_per_256 == 2 * AKIBA2017.lr_per_256
     assert DEMO.expected_workers is None

@@ -11,7 +11,8 @@ import shutil
 import subprocess
 import sys
 
-from chainer_resnet.communication import LOCAL_RANK_VARIABLES
+from chainer_resnet.communication import (  # noqa: F401  (launcher_rank: the doctor's too)
+    LAUNCHER_RANK_VARIABLES, LOCAL_RANK_VARIABLES, launcher_rank)
 
 # Variables a launcher sets to tell a process how many ranks it started.
 # Read only to explain a world of one rank (the launcher and mpi4py's MPI
@@ -21,10 +22,8 @@ LAUNCHER_SIZE_VARIABLES = (
     ('PMI_SIZE', 'a PMI launcher (MPICH/Intel MPI/MVAPICH hydra, srun --mpi=pmi2)'),
     ('SLURM_STEP_NUM_TASKS', 'srun'),
 )
-# The same variables, for the rank: lets rank 0 alone probe `mpiexec --version`
-# before MPI is initialised (no fork after MPI/InfiniBand initialisation).
-LAUNCHER_RANK_VARIABLES = ('OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'PMIX_RANK',
-                           'SLURM_PROCID')
+# LAUNCHER_RANK_VARIABLES (communication.py), for the rank: lets rank 0 alone probe
+# `mpiexec --version` before MPI is initialised (no fork after MPI/InfiniBand start).
 # Environment that must be identical on every rank (forwarded by the launcher).
 FORWARDED_PREFIXES = ('NCCL_',)
 # What each process-management interface leaves in a rank's environment, in
@@ -32,14 +31,6 @@ FORWARDED_PREFIXES = ('NCCL_',)
 # then PMI-1/PMI-2 (MPICH's hydra, srun --mpi=pmi2).
 PMI_VARIABLES = (('PMIX_RANK', 'PMIx'), ('PMIX_NAMESPACE', 'PMIx'),
                  ('PMI_FD', 'PMI-1/2'), ('PMI_PORT', 'PMI-1/2'), ('PMI_RANK', 'PMI-1/2'))
-
-
-def launcher_rank():
-    """This process's rank as the launcher numbered it (a string), or None."""
-    for name in LAUNCHER_RANK_VARIABLES:
-        if name in os.environ:
-            return os.environ[name]
-    return None
 
 
 def launcher_pmi():

@@ -7,7 +7,7 @@
 # Resources: NP (default 2) CPU ranks on this machine.
 # Expected:  ~40 s on 2 cores (NP=2), most of it building the demo data once.
 # Run:       jobs/local/smoke_cpu.sh          # NP=2, output in results/smoke-2ranks
-#            RECIPE=demo NP=1 jobs/local/smoke_cpu.sh   # the 5-epoch demo, ~10 min
+#            RECIPE=demo NP=1 jobs/local/smoke_cpu.sh   # the 10-epoch demo, ~10 min
 # =============================================================================
 set -euo pipefail
 

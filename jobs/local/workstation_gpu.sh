@@ -6,7 +6,7 @@
 #            recipe's world-size guard is lifted explicitly and the lr follows
 #            the linear scaling rule (printed at start).
 # Resources: this machine's GPUs (nvidia-smi -L; or GPUS=N), ~2 cores per GPU.
-# Expected:  akiba2017 on 8 P100 ~20 h, on 8 V100/A100 fp32 ~10 h / ~4 h;
+# Expected:  akiba2017 on 8 P100 ≈ 26 h, on 8 V100 fp32 / A100 TF32 ≈ 11 h / 5.3 h;
 #            stop and re-run the same command at any time: it resumes from the
 #            newest snapshot (CHUNK_EPOCHS=N stops after N epochs).
 # Run:       jobs/local/workstation_gpu.sh

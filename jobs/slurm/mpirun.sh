@@ -4,7 +4,7 @@
 #            Training ResNet-50 on ImageNet in 15 Minutes": ResNet-50, 90
 #            epochs, 1,024 workers x 32 images = batch 32,768, RMSprop warm-up,
 #            slow-start lr, fp16 allreduce (recipe akiba2017; every number is in
-#            chainer_resnet/recipes.py, none in this script).
+#            chainer_resnet/recipes/, none in this script).
 # Scheduler: Slurm, launched with the site's mpirun inside the allocation
 #            (Open MPI or an MPICH-family hydra: detected; both read the Slurm
 #            allocation). For srun --mpi=pmix use jobs/slurm/srun_pmix.sh.
@@ -13,8 +13,8 @@
 # Expected:  ~15 min of training at 1,024 P100 (the paper) plus start-up,
 #            doctor and evaluations: asks for 45 min. At other sizes (same
 #            script, the recipe's world-size guard is lifted explicitly and the
-#            lr follows the linear scaling rule): 16 nodes (128 P100) ~2 h,
-#            1 node (8 P100) ~20 h, so use wall-time chunks (CHUNK_EPOCHS).
+#            lr follows the linear scaling rule): 16 nodes (128 P100) ≈ 1.7 h,
+#            1 node (8 P100) ≈ 26 h, so use wall-time chunks (CHUNK_EPOCHS).
 # Submit from the repository root:
 #   sbatch jobs/slurm/mpirun.sh                            # the paper: 128 nodes
 #   CHUNK_EPOCHS=45 sbatch --nodes=16 --time=01:30:00 jobs/slurm/mpirun.sh
