@@ -11,6 +11,9 @@ import chainer.functions as F
 from chainer.dataset import convert
 from chainer.training import extensions as chainer_extensions
 
+from chainer_resnet import communication
+from chainer_resnet.data.layouts import DatasetError
+
 
 class ExactEvaluator(chainer_extensions.Evaluator):
     """Top-1/top-5 accuracy and loss over a validation set split across ranks.
@@ -19,6 +22,8 @@ class ExactEvaluator(chainer_extensions.Evaluator):
     padding with duplicates) and the sums of correct predictions, loss and
     image counts are added over ranks, so every image counts exactly once.
     Reports ``validation/main/{loss,accuracy,top5,images}`` on every rank.
+    A rank whose images fail (more unreadable ones than allowed) stops
+    reading; every rank then raises that error together, said once by rank 0.
     """
 
     default_name = 'validation'
@@ -36,12 +41,17 @@ class ExactEvaluator(chainer_extensions.Evaluator):
         if hasattr(iterator, 'reset'):
             iterator.reset()
         sums = numpy.zeros(4, dtype=numpy.float64)  # loss, top1, top5, count
+        failed = None
         with chainer.using_config('train', False), \
                 chainer.using_config('enable_backprop', False):
-            for batch in iterator:
-                x, t = convert._call_converter(self.converter, batch, self.device)
-                y = model.predictor(x) if hasattr(model, 'predictor') else model(x)
-                sums += _batch_sums(chainer.as_variable(y).array, t)
+            try:
+                for batch in iterator:
+                    x, t = convert._call_converter(self.converter, batch, self.device)
+                    y = model.predictor(x) if hasattr(model, 'predictor') else model(x)
+                    sums += _batch_sums(chainer.as_variable(y).array, t)
+            except DatasetError as error:      # this rank's images: the others are fine
+                failed = error
+        communication.agree(self.comm.mpi_comm, failed)
         total = numpy.empty_like(sums)
         self.comm.mpi_comm.Allreduce(sums, total)
         count = max(total[3], 1.0)

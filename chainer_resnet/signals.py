@@ -1,13 +1,16 @@
-"""A wall-time warning signal stops every rank cleanly.
+"""A wall-time warning signal stops every rank cleanly; a rank's data error stops them all.
 
 :class:`SignalFlag` records the signal for the whole life of the process;
 :class:`StopOnSignal` makes every rank stop at the same iteration, with a
-snapshot, when any rank received it.
+snapshot, when any rank received it, and ends every rank with one message
+when any rank's data failed in the iteration (the updater's ``failed``).
 """
 
 import signal
 
 from chainer.training import extension
+
+from chainer_resnet import communication
 
 
 class SignalFlag:
@@ -48,6 +51,12 @@ class StopOnSignal(extension.Extension):
     cleanly. Priority above the BN statistics allreduce and the snapshot, so
     they see the new end at the same iteration.
 
+    The same allreduce (a bitwise OR) carries whether this rank's data failed
+    in the iteration (``trainer.updater.failed``: too many unreadable images,
+    found by one rank while the others trained): then every rank raises that
+    error together (:func:`~chainer_resnet.communication.agree`), before
+    any snapshot or evaluation of the iteration, and rank 0 says it once.
+
     Args:
         comm: the ChainerMN communicator.
         chunk_stop (ChunkStopTrigger): the trainer's stop trigger.
@@ -80,7 +89,12 @@ class StopOnSignal(extension.Extension):
 
     def __call__(self, trainer):
         from mpi4py import MPI
-        if self.comm.mpi_comm.allreduce(int(self.requested), op=MPI.MAX):
+        failed = getattr(trainer.updater, 'failed', None)
+        state = self.comm.mpi_comm.allreduce(
+            int(self.requested) | (2 if failed is not None else 0), op=MPI.BOR)
+        if state & 2:
+            communication.agree(self.comm.mpi_comm, failed)    # raises on every rank
+        if state & 1:
             self.chunk_stop.end = trainer.updater.iteration
             self.stopped_by = signal.Signals(self.signum).name
 

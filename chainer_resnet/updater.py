@@ -15,6 +15,8 @@ import chainer.links as L
 from chainer.dataset import convert
 from chainer.training import updaters
 
+from chainer_resnet.data.layouts import DatasetError
+
 
 class TimedUpdater(updaters.StandardUpdater):
     """The trainer's updater: virtual workers, and throughput and data-wait time.
@@ -66,6 +68,7 @@ class TimedUpdater(updaters.StandardUpdater):
     def __init__(self, iterator, optimizer, workers=1, virtual_workers=1, bn_statistics=None,
                  joint_bn=False, **kwargs):
         super().__init__(iterator, optimizer, **kwargs)
+        self.failed = None
         self.workers = workers
         self.virtual_workers = int(virtual_workers)
         self.bn_statistics = bn_statistics
@@ -93,9 +96,38 @@ class TimedUpdater(updaters.StandardUpdater):
             if self._running is None:        # the model's BN links, found once
                 self._running = _RunningAverages(target)
             running = self._running
+        target.cleargrads()
+        try:
+            observations = self._forward_backward(parts, loss_func, optimizer, running)
+        except DatasetError as error:
+            # This rank's data failed (too many unreadable images): it still
+            # joins the gradient allreduce the other ranks are in, with zeros,
+            # and the next per-iteration agreement (signals.StopOnSignal) ends
+            # every rank with this error before anything is saved.
+            self.failed = error
+            observations = [{}]
+            for param in target.params():
+                param.grad = param.device.xp.zeros_like(param.array)
+        optimizer.update()        # the multi-node wrapper: mean over ranks, then the update
+        _report_mean(observations)
+        self._synchronize(optimizer)
+        end = time.perf_counter()
+        images = len(batch) * self.workers
+        wall = end - (self._last_end if self._last_end is not None else start)
+        chainer.report({
+            'perf/images_per_sec': images / max(wall, 1e-9),
+            'perf/compute_images_per_sec': images / max(end - loaded, 1e-9),
+            'perf/data_wait_sec': loaded - start,
+        })
+        self._last_end = end
+        if self.auto_new_epoch and iterator.is_new_epoch:
+            optimizer.new_epoch(auto=True)
+
+    def _forward_backward(self, parts, loss_func, optimizer, running):
+        """Each micro-batch forward and backward; their reports."""
+        k = self.virtual_workers
         reporters = chainer.reporter._get_reporters()
         observations = []
-        target.cleargrads()
         for j, part in enumerate(parts):
             in_arrays = convert._call_converter(self.converter, part, self.input_device)
             observation = {}
@@ -114,20 +146,7 @@ class TimedUpdater(updaters.StandardUpdater):
             observations.append(observation)
         if running is not None:
             running.restore()
-        optimizer.update()        # the multi-node wrapper: mean over ranks, then the update
-        _report_mean(observations)
-        self._synchronize(optimizer)
-        end = time.perf_counter()
-        images = len(batch) * self.workers
-        wall = end - (self._last_end if self._last_end is not None else start)
-        chainer.report({
-            'perf/images_per_sec': images / max(wall, 1e-9),
-            'perf/compute_images_per_sec': images / max(end - loaded, 1e-9),
-            'perf/data_wait_sec': loaded - start,
-        })
-        self._last_end = end
-        if self.auto_new_epoch and iterator.is_new_epoch:
-            optimizer.new_epoch(auto=True)
+        return observations
 
     @staticmethod
     def _synchronize(optimizer):

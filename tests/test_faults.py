@@ -95,9 +95,9 @@ def test_divergence_stops_every_rank_and_keeps_the_last_finite_snapshot(tmp_path
                 assert numpy.isfinite(f[name]).all(), name
 
 
-def _damage(data, how):
-    """Damage the first training image; return its path."""
-    with open(data['train']) as f:
+def _damage(data, how, split='train'):
+    """Damage the first image of the `split` list; return its path."""
+    with open(data[split]) as f:
         relative = f.readline().split()[0]
     path = os.path.join(data['root'], relative)
     if how == 'empty':
@@ -110,17 +110,21 @@ def _damage(data, how):
     return path
 
 
-@pytest.mark.parametrize('loaderjobs', ['0', '1'])
-@pytest.mark.parametrize('how', ['empty', 'truncated'])
+@pytest.mark.parametrize('loaderjobs, how, split', [
+    ('0', 'empty', 'train'), ('1', 'empty', 'train'), ('0', 'truncated', 'train'),
+    ('1', 'truncated', 'train'), ('0', 'empty', 'val'), ('1', 'truncated', 'val')])
 def test_an_unreadable_image_ends_the_job_naming_the_file(tmp_path, small_data, how,
-                                                          loaderjobs):
-    path = _damage(small_data, how)
+                                                          loaderjobs, split):
+    path = _damage(small_data, how, split)
     code, text = launch(trainer_cmd(tmp_path / 'run', small_data, '--loaderjobs', loaderjobs,
                                     '--stop-after-iters', '8'), timeout=180)
     assert code == 2, text
-    assert 'error: ' in text and os.path.basename(path) in text
-    assert '--skip-bad-images' in text
-    assert 'Stalled dataset' not in text
+    # One rank reads the file; rank 0 says it once for the job, and no rank aborts.
+    errors = [line for line in text.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and os.path.basename(path) in errors[0], text
+    assert '--skip-bad-images' in errors[0] and 'of 2 ranks (rank ' in errors[0]
+    assert 'Stalled dataset' not in text and 'Abort' not in text, text
+    assert 'Traceback' not in text, text
 
 
 def test_skip_bad_images_trains_on_and_check_images_reports(tmp_path, small_data):

@@ -83,10 +83,10 @@ def test_bad_recipe_and_paths_are_clear_errors(tmp_path, data_cache, capsys):
                                      str(tmp_path / 'missing.txt')))
     assert code == 2
     assert 'missing.txt' in capsys.readouterr().err
-    code = train_imagenet.main(_args(tmp_path, data_cache, '--train',
-                                     str(tmp_path)))
-    assert code == 2
-    assert '--val' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:           # an argument error, as argparse's
+        train_imagenet.main(_args(tmp_path, data_cache, '--train', str(tmp_path)))
+    assert exit.value.code == 2
+    assert '--train given without --val' in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line_messages_with_exit_status_2(tmp_path, data_cache, capsys):
