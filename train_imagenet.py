@@ -26,7 +26,7 @@ import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
 import chainer
 import chainer.links as L
 
-from chainer_resnet import communication
+from chainer_resnet import communication, gpu
 from chainer_resnet import extensions as cr_ext
 from chainer_resnet import (batch_normalization, optimizers, recipes, resnet, schedules,
                             snapshots, status)
@@ -67,6 +67,12 @@ def parse_args(argv):
     p.add_argument('--device', default='cpu', type=_device_name,
                    help="'cpu', 'gpu' (the GPU of this rank's node-local rank) "
                    "or a GPU id")
+    p.add_argument('--cudnn-autotune', choices=('on', 'off'), default='on',
+                   help='cuDNN times the convolution algorithms of each shape once and '
+                   'keeps the fastest (default: %(default)s; chainer_resnet/gpu.py)')
+    p.add_argument('--cudnn-workspace', type=_count(0), default=gpu.DEFAULT_WORKSPACE_MIB,
+                   metavar='MIB', help='scratch memory a cuDNN convolution algorithm may '
+                   'use (default: %(default)s MiB; Chainer\'s own is 8)')
     p.add_argument('--loaderjobs', type=_count(0), default=2,
                    help='data-loading processes per rank (0: load in the main '
                    'process)')
@@ -174,6 +180,7 @@ def run(argv=None, stop_flag=None):
         raise
     device = _device(args.device, comm)
     device.use()
+    gpu.configure_cudnn(args.cudnn_autotune == 'on', args.cudnn_workspace)
 
     # 3. Data: rank 0 reads the index, every rank takes and checks its shard
     #    (open_data: start-up costs per rank that do not grow with the ranks).
@@ -308,7 +315,7 @@ def _device(name, comm):
     """The Chainer device of this rank: 'cpu', 'gpu' (by node-local rank) or a GPU id."""
     if name == 'cpu':
         return chainer.get_device('@numpy')
-    gpu_id = communication.select_gpu(comm, explicit=None if name == 'gpu' else int(name))
+    gpu_id = communication.bind_gpu(comm, explicit=None if name == 'gpu' else int(name))
     return chainer.get_device('@cupy:{}'.format(gpu_id))
 
 

@@ -1,6 +1,8 @@
 """Test configuration shared by every test module.
 
-- ``gpu`` tests are skipped when CuPy (or a GPU) is not available.
+- ``gpu`` tests are skipped when CuPy (or a GPU) is not available;
+  ``cupy_wheel`` tests (a CuPy wheel, no GPU: ``make test-cuda``) when CuPy
+  does not import.
 - ``mpi`` tests are skipped unless pytest itself was launched by ``mpiexec``
   (``tests/run_mpi.py`` does that); under ``mpiexec`` only ``mpi`` tests run,
   so every rank collects the same tests in the same order.
@@ -27,10 +29,19 @@ def cupy_available():
         return False
 
 
+def cupy_importable():
+    try:
+        import cupy  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
     under_mpi = launched_under_mpi()
-    has_gpu = None
+    has_gpu = has_cupy = None
     skip_gpu = pytest.mark.skip(reason='needs CuPy and a CUDA GPU')
+    skip_cupy = pytest.mark.skip(reason='needs a CuPy wheel (make test-cuda)')
     skip_mpi = pytest.mark.skip(
         reason='MPI test: run under mpiexec (make test-mpi)')
     skip_not_mpi = pytest.mark.skip(reason='not an MPI test; skipped under mpiexec')
@@ -40,6 +51,11 @@ def pytest_collection_modifyitems(config, items):
                 has_gpu = cupy_available()
             if not has_gpu:
                 item.add_marker(skip_gpu)
+        if 'cupy_wheel' in item.keywords:
+            if has_cupy is None:
+                has_cupy = cupy_importable()
+            if not has_cupy:
+                item.add_marker(skip_cupy)
         if 'mpi' in item.keywords and not under_mpi:
             item.add_marker(skip_mpi)
         if under_mpi and 'mpi' not in item.keywords:

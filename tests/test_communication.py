@@ -1,7 +1,9 @@
 """Communicator set-up pieces, rank-0 helpers and the fp16 gradient allreduce arithmetic."""
 
 import multiprocessing
+import os
 import pickle
+import sys
 import types
 
 import numpy
@@ -278,3 +280,58 @@ def test_from_rank0_under_mpi_same_result_and_same_error_on_every_rank():
         assert values == [0, 10, 20, 30, 40]
         assert message == 'train.txt, line 3: label 2 is out of range'
     assert [calls for _, calls, _ in results] == [[0]] + [[]] * (comm.size - 1)
+
+
+# ---------------------------------------------------------------------------
+# bind_gpu: no two ranks of a node on one GPU (issue 19, defect 7)
+
+class _Allgather:
+    """The ``allgather`` of a world in which rank r contributed ``table[r]``."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def allgather(self, mine):
+        return list(self.table)
+
+
+def _world(table, rank):
+    comm = _FakeComm(rank=rank, intra_rank=rank, intra_size=len(table))
+    comm.mpi_comm = _Allgather(table)
+    return comm
+
+
+def test_two_ranks_on_one_gpu_are_refused_on_every_rank():
+    # srun --gpus-per-task=1 gone wrong: both ranks see one GPU, the same one.
+    table = [('node1', '0000:3b:00', 0), ('node1', '0000:3b:00', 0)]
+    for rank in (0, 1):
+        with pytest.raises(communication.CommunicationError) as e:
+            communication.check_distinct_gpus(_world(table, rank), 0, '0000:3b:00')
+        assert e.value.collective_rank == rank      # the trainer says it once
+        assert 'ranks 0 and 1 on host node1' in str(e.value)
+        assert '0000:3b:00' in str(e.value) and 'gpus-per-task' in str(e.value)
+
+
+def test_distinct_gpus_or_other_hosts_pass():
+    communication.check_distinct_gpus(_world(
+        [('node1', '0000:3b:00', 0), ('node1', '0000:5e:00', 0)], 0), 0, '0000:3b:00')
+    communication.check_distinct_gpus(_world(
+        [('node1', '0000:3b:00', 0), ('node2', '0000:3b:00', 0)], 1), 0, '0000:3b:00')
+
+
+def test_the_trainer_refuses_two_ranks_that_see_the_same_single_gpu(monkeypatch):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import train_imagenet
+    used = []
+    cupy = types.ModuleType('cupy')
+    cupy.cuda = types.SimpleNamespace(
+        Device=lambda gpu: types.SimpleNamespace(use=lambda: used.append(gpu)),
+        runtime=types.SimpleNamespace(
+            getDeviceCount=lambda: 1,
+            getDeviceProperties=lambda gpu: {'pciDomainID': 0, 'pciBusID': 0x3b,
+                                             'pciDeviceID': 0}))
+    monkeypatch.setitem(sys.modules, 'cupy', cupy)
+    table = [('node1', '0000:3b:00', 0), ('node1', '0000:3b:00', 0)]
+    with pytest.raises(communication.CommunicationError, match='both use the GPU'):
+        train_imagenet._device('gpu', _world(table, 1))
+    assert used == [0]
