@@ -9,6 +9,8 @@
 """
 
 import os
+import sys
+import types
 
 import pytest
 
@@ -106,4 +108,35 @@ def tiny_trainer(tmp_path):
         updater = training.updaters.StandardUpdater(it, opt)
         return (training.Trainer(updater, (stop, 'iteration'), out=str(out or tmp_path)),
                 model)
+    return make
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """Install a fake CuPy (version, cuDNN, NCCL, device count) in sys.modules."""
+    def make(version='13.6.0', cudnn=8907, nccl=True, devices=1):
+        cupy = types.ModuleType('cupy')
+        cupy.__version__ = version
+        cuda = types.ModuleType('cupy.cuda')
+        cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: devices,
+                                             runtimeGetVersion=lambda: 12090,
+                                             driverGetVersion=lambda: 12090)
+        nccl_module = types.ModuleType('cupy.cuda.nccl')
+        nccl_module.available = nccl
+        if nccl:
+            nccl_module.get_version = lambda: 22501
+        cupy.cuda = cuda
+        cuda.nccl = nccl_module
+        modules = {'cupy': cupy, 'cupy.cuda': cuda, 'cupy.cuda.nccl': nccl_module}
+        if cudnn is not None:
+            modules['cupy.cudnn'] = types.ModuleType('cupy.cudnn')
+            libcudnn = types.ModuleType('cupy.cuda.cudnn')
+            libcudnn.getVersion = lambda: cudnn
+            modules['cupy.cuda.cudnn'] = cuda.cudnn = libcudnn
+        else:
+            modules['cupy.cudnn'] = None     # import fails, as without libcudnn.so.8
+        for name, module in modules.items():
+            monkeypatch.setitem(sys.modules, name, module)
+        monkeypatch.delenv('CHAINER_CUDNN', raising=False)
+        return cupy
     return make

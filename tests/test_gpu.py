@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -90,35 +89,6 @@ def test_a_library_that_does_not_load_is_left_to_cupy(tmp_path, monkeypatch):
     assert gpu.expose_pip_cudnn(_fake_cupy_folder(tmp_path), paths=[site]) is None
 
 
-@pytest.fixture
-def fake_cupy(monkeypatch):
-    """Install a fake CuPy (version, cuDNN, NCCL, device count) in sys.modules."""
-    def make(version='13.6.0', cudnn=8907, nccl=True, devices=1):
-        cupy = types.ModuleType('cupy')
-        cupy.__version__ = version
-        cuda = types.ModuleType('cupy.cuda')
-        cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: devices)
-        nccl_module = types.ModuleType('cupy.cuda.nccl')
-        nccl_module.available = nccl
-        if nccl:
-            nccl_module.get_version = lambda: 22501
-        cupy.cuda = cuda
-        cuda.nccl = nccl_module
-        modules = {'cupy': cupy, 'cupy.cuda': cuda, 'cupy.cuda.nccl': nccl_module}
-        if cudnn is not None:
-            modules['cupy.cudnn'] = types.ModuleType('cupy.cudnn')
-            libcudnn = types.ModuleType('cupy.cuda.cudnn')
-            libcudnn.getVersion = lambda: cudnn
-            modules['cupy.cuda.cudnn'] = cuda.cudnn = libcudnn
-        else:
-            modules['cupy.cudnn'] = None     # import fails, as without libcudnn.so.8
-        for name, module in modules.items():
-            monkeypatch.setitem(sys.modules, name, module)
-        monkeypatch.delenv('CHAINER_CUDNN', raising=False)
-        return cupy
-    return make
-
-
 def test_cudnn_status_says_on_with_the_version(fake_cupy):
     fake_cupy(cudnn=8907)
     on, text = gpu.cudnn_status()
@@ -177,6 +147,19 @@ def test_configure_cudnn_sets_chainer_options(monkeypatch):
     assert chainer.config.autotune is False and sizes[-1] == 8 * 2 ** 20
     with pytest.raises(ValueError):
         gpu.configure_cudnn(workspace_mib=-1)
+
+
+def test_the_pins_are_the_same_everywhere():
+    # setup.py installs, the compile stage checks and the README tells one cuDNN and NCCL.
+    with open(os.path.join(ROOT, 'setup.py')) as f:
+        setup = f.read()
+    with open(os.path.join(ROOT, 'requirements', 'cuda13.txt')) as f:
+        cuda13 = f.read().split()
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    assert "'{}'".format(gpu.PIP_CUDNN) in setup and "'{}'".format(gpu.PIP_NCCL) in setup
+    assert gpu.PIP_CUDNN in cuda13
+    assert gpu.PIP_CUDNN in readme and gpu.PIP_NCCL in readme
 
 
 # ---- against the real CuPy wheels (make test-cuda) ------------------------------
