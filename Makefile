@@ -110,18 +110,21 @@ $(VENV_BENCH)/.installed: setup.py requirements/cpu.txt requirements/build-const
 	$(BUILD_ENV) $(VENV_BENCH)/bin/pip install --quiet -c requirements/cpu.txt -e . $(BENCH_TORCH)
 	touch $@
 
-# The pure-Python packages benchmarks/gpu_check.sh installs on a GPU machine
-# without internet (it uses the machine's own NumPy, CuPy, PyTorch, Pillow):
-# chainer built as a wheel (its sdist needs setuptools<82, BUILD_ENV), the
-# packages chainer and pytest need, and MPI (mpi4py for Python 3.12 and the
-# MPICH runtime) for the pure_nccl check. At most WHEELHOUSE_MIB MiB in all.
+# What benchmarks/gpu_check.sh installs on a GPU machine without internet (it
+# uses the machine's own NumPy, CuPy and PyTorch): chainer built as a wheel (its
+# sdist needs setuptools<82, BUILD_ENV), the packages chainer and pytest need,
+# Pillow (for a machine without it), and MPI (mpi4py and the MPICH runtime) for
+# the pure_nccl check; the binary ones for WHEELHOUSE_PYTHON (the GPU machine's
+# Python). At most WHEELHOUSE_MIB MiB in all.
 WHEELHOUSE     ?= wheelhouse
 WHEELHOUSE_MIB ?= 64
 WHEELHOUSE_PURE = pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0 packaging==26.4 \
                   pygments==2.21.0 filelock==4.3.1 typing_extensions==4.16.0 six==1.17.0 \
                   'setuptools<82'
-WHEELHOUSE_BIN  = protobuf==7.36.2 mpi4py==4.1.2 mpich==5.0.2
-WHEELHOUSE_PLATFORM = --python-version 3.12 --implementation cp --only-binary=:all: \
+WHEELHOUSE_BIN  = protobuf==7.36.2 pillow==13.0.0 mpi4py==4.1.2 mpich==5.0.2
+WHEELHOUSE_PYTHON ?= 3.12
+WHEELHOUSE_PLATFORM = --python-version $(WHEELHOUSE_PYTHON) --implementation cp \
+                  --only-binary=:all: \
                   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
                   --platform manylinux2014_x86_64
 
