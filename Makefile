@@ -88,7 +88,7 @@ test-cuda: $(VENV)/.installed $(VENV_CUDA13)/.installed $(VENV_CUDA14)/.installe
 		$$venv/bin/python -W ignore::UserWarning tests/cuda_compile/compile_kernels.py \
 			$(CUDA_KERNELS) $(CUDA_ARCHS:%=--arch %) || exit 1; \
 		PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -q -p no:cacheprovider \
-			-m cupy_wheel tests/test_gpu.py || exit 1; \
+			-m cupy_wheel tests/test_gpu.py tests/test_cuda_compile.py || exit 1; \
 	done
 
 clean:

@@ -227,6 +227,10 @@ class ndarray(numpy.lib.mixins.NDArrayOperatorsMixin):
         return self
 
     def __getattr__(self, name):
+        if name.startswith('__'):
+            # NumPy's protocols (__array_interface__, ...) would copy to the host
+            # silently, which CuPy refuses.
+            raise AttributeError(name)
         attr = getattr(self._a, name)
         return _wrapped(attr) if callable(attr) else _wrap(attr)
 
