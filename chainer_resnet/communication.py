@@ -259,13 +259,13 @@ def check_distinct_gpus(comm, gpu, bus_id):
         if (host, bus) in seen:
             first = seen[host, bus]
             error = CommunicationError(
-                'ranks {} and {} on host {} both use the GPU at PCI bus {} (CUDA device {} '
-                'of each; CUDA_VISIBLE_DEVICES={!r} on rank {}): NCCL cannot run two ranks on '
-                'one GPU. Give every rank a GPU of its own: as many ranks per node as GPUs '
-                'with all GPUs visible to each (the trainer takes the node-local rank\'s), '
-                'or one distinct GPU per rank (srun --gpus-per-task=1, --gpu-bind).'.format(
-                    first, rank, host, bus, device,
-                    os.environ.get('CUDA_VISIBLE_DEVICES'), comm.rank))
+                'ranks {} and {} on host {} both use the GPU at PCI bus {} (their CUDA '
+                'devices {} and {}; CUDA_VISIBLE_DEVICES={!r} on rank {}): NCCL cannot run '
+                'two ranks on one GPU. Give every rank a GPU of its own: as many ranks per '
+                'node as GPUs with all GPUs visible to each (the trainer takes the node-local '
+                'rank\'s), or one distinct GPU per rank (srun --gpus-per-task=1, '
+                '--gpu-bind).'.format(first, rank, host, bus, table[first][2], device,
+                                       os.environ.get('CUDA_VISIBLE_DEVICES'), comm.rank))
             error.collective_rank = comm.rank
             raise error
         seen[host, bus] = rank
