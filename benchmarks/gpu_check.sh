@@ -5,8 +5,9 @@
 #              and without; the same step in PyTorch (when torch is importable); the
 #              ChainerMN pure_nccl fp16 allreduce at world size 1.
 #   Resources: one CUDA GPU; Python with NumPy 1 or 2 and CuPy 13 (cuDNN) or 14 (no
-#              cuDNN), optionally PyTorch; no internet: chainer, pytest and MPI come
-#              from wheelhouse/ (`make wheelhouse` where PyPI is reachable, then copy).
+#              cuDNN), optionally PyTorch; no internet: chainer, pytest, Pillow and MPI
+#              come from wheelhouse/ (`make wheelhouse` where PyPI is reachable, then
+#              copy). Without a fitting MPI everything but the allreduce item still runs.
 #   Time:      at most about 8 minutes from a fresh copy of the tree: each item has a
 #              time limit and the whole run a deadline (GPU_CHECK_DEADLINE_S, 470 s).
 # Usage:
@@ -97,6 +98,10 @@ step() {
 allreduce_item() {
     local name=$1 mpiexec="" candidate log
     shift
+    if [ -n "$MPI_MISSING" ]; then
+        add "$name" FAIL "MPI missing: $MPI_MISSING (ChainerMN needs mpi4py: make wheelhouse WHEELHOUSE_PYTHON=$("$RUNPY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') for this Python)" "$LOGS/mpi.log"
+        return
+    fi
     for candidate in "$(dirname "$RUNPY")/mpiexec" "$(dirname "$(command -v "$PY")")/mpiexec" \
             "$(command -v mpiexec || true)"; do
         if [ -x "$candidate" ]; then mpiexec=$candidate; break; fi
@@ -116,9 +121,10 @@ say "gpu_check: $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -n); tree $ROOT"
 say "gpu_check: mode: $([ "$DRY_RUN" = 1 ] && echo 'dry run (no GPU needed)' || echo GPU)"
 say "gpu_check: logs in $LOGS"
 
-# make_env: the venv, over $RUNPY (--without-pip: pip comes from its site-packages).
+# make_env: the venv, over $RUNPY (--without-pip: pip comes from its site-packages),
+# with chainer and pytest from the wheelhouse, and Pillow where the machine lacks it.
 make_env() {
-    local env_log="$LOGS/env.log" parents purelib dir parent_lib
+    local env_log="$LOGS/env.log" parents purelib dir wanted=(chainer==7.8.1 pytest)
     limited 120 "$env_log" "$RUNPY" -m venv --system-site-packages --without-pip \
         "$ENV_DIR" || return 1
     parents=$("$RUNPY" -c 'import site; print("\n".join(site.getsitepackages()))') || return 1
@@ -132,36 +138,55 @@ make_env() {
     "$ENV_DIR/bin/python" -m pip --version >/dev/null 2>&1 ||
         "$ENV_DIR/bin/python" -m ensurepip --default-pip >>"$env_log" 2>&1 ||
         return 1
+    "$ENV_DIR/bin/python" -c 'import PIL' >/dev/null 2>&1 || wanted+=(pillow)
     limited 180 "$env_log" "$ENV_DIR/bin/python" -m pip install --no-index \
-        --find-links "$WHEELHOUSE" chainer==7.8.1 pytest || return 1
-    # MPI for ChainerMN: the machine's if mpi4py imports, else mpi4py + MPICH's runtime.
-    # mpi4py looks for libmpi under sys.prefix, which is now this venv: a parent venv's
-    # MPI from PyPI (the mpich package puts it in <prefix>/lib) needs the loader path.
-    parent_lib="$("$RUNPY" -c 'import sys; print(sys.prefix)')/lib"
-    if compgen -G "$parent_lib/libmpi.so*" >/dev/null; then
-        export LD_LIBRARY_PATH="$parent_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    fi
-    "$ENV_DIR/bin/python" -c 'from mpi4py import MPI' >/dev/null 2>&1 ||
-        limited 120 "$env_log" "$ENV_DIR/bin/python" -m pip install --no-index \
-            --find-links "$WHEELHOUSE" mpi4py mpich
+        --find-links "$WHEELHOUSE" "${wanted[@]}"
 }
 
-# target_env: where no venv can be made, the wheelhouse's chainer (and pytest if the
-# machine lacks it) into a folder on PYTHONPATH; their other needs are the machine's.
+# target_env: where no venv can be made, the wheelhouse's chainer (and pytest, Pillow
+# where the machine lacks them) into a folder on PYTHONPATH; their other needs are
+# the machine's.
 target_env() {
     local site="$WORK/site" env_log="$LOGS/env.log" wanted=(chainer==7.8.1)
     "$RUNPY" -c 'import pytest' >/dev/null 2>&1 ||
         wanted+=(pytest iniconfig pluggy packaging pygments)
-    local mpi=1
-    "$RUNPY" -c 'from mpi4py import MPI' >/dev/null 2>&1 || { mpi=0; wanted+=(mpi4py); }
+    "$RUNPY" -c 'import PIL' >/dev/null 2>&1 || wanted+=(pillow)
     limited 180 "$env_log" "$RUNPY" -m pip install --no-index --no-deps \
         --find-links "$WHEELHOUSE" --target "$site" "${wanted[@]}" || return 1
     export PYTHONPATH="$PYTHONPATH:$site"
-    # MPICH's runtime is data files (lib/, bin/), which --target drops: a prefix.
-    if [ "$mpi" = 0 ] && limited 120 "$env_log" "$RUNPY" -m pip install --no-index \
-            --no-deps --find-links "$WHEELHOUSE" --prefix "$WORK/mpich" mpich; then
-        export LD_LIBRARY_PATH="$WORK/mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        export PATH="$WORK/mpich/bin:$PATH"
+}
+
+# install_mpi: MPI for ChainerMN, which only the allreduce item needs: the machine's if
+# mpi4py imports, else mpi4py and MPICH's runtime from the wheelhouse. A failure leaves
+# the environment as it is and sets MPI_MISSING to why (the allreduce item says it).
+MPI_MISSING=""
+install_mpi() {
+    local mpi_log="$LOGS/mpi.log" parent_lib site="$WORK/site"
+    # mpi4py looks for libmpi under sys.prefix, which in the venv is the venv: a parent
+    # venv's MPI from PyPI (the mpich package puts it in <prefix>/lib) needs the loader path.
+    parent_lib="$("$PY" -c 'import sys; print(sys.prefix)' 2>/dev/null)/lib"
+    if compgen -G "$parent_lib/libmpi.so*" >/dev/null; then
+        export LD_LIBRARY_PATH="$parent_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
+    "$RUNPY" -c 'from mpi4py import MPI' >>"$mpi_log" 2>&1 && return 0
+    if [ "$RUNPY" = "$ENV_DIR/bin/python" ]; then
+        limited 120 "$mpi_log" "$RUNPY" -m pip install --no-index \
+            --find-links "$WHEELHOUSE" mpi4py mpich
+    elif limited 120 "$mpi_log" "$RUNPY" -m pip install --no-index --no-deps \
+            --find-links "$WHEELHOUSE" --target "$site" mpi4py; then
+        export PYTHONPATH="$PYTHONPATH:$site"
+        # MPICH's runtime is data files (lib/, bin/), which --target drops: a prefix.
+        if limited 120 "$mpi_log" "$RUNPY" -m pip install --no-index --no-deps \
+                --find-links "$WHEELHOUSE" --prefix "$WORK/mpich" mpich; then
+            export LD_LIBRARY_PATH="$WORK/mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            export PATH="$WORK/mpich/bin:$PATH"
+        fi
+    fi
+    # Judged by the import, not by pip (pip may find mpi4py "installed" and broken).
+    if ! "$RUNPY" -c 'from mpi4py import MPI' >>"$mpi_log" 2>&1; then
+        # pip's reason if it failed (no wheel for this Python), else the import error.
+        MPI_MISSING="$(grep '^ERROR: ' "$mpi_log" | tail -n 1)"
+        MPI_MISSING="${MPI_MISSING:-$(grep -v '^ *$' "$mpi_log" | tail -n 1)}"
     fi
 }
 
@@ -176,12 +201,14 @@ else
     if ! ls "$WHEELHOUSE"/*.whl >/dev/null 2>&1; then
         add "env" SKIP "wheelhouse missing ($WHEELHOUSE): run 'make wheelhouse' where PyPI is reachable and copy it along; using $RUNPY as it is"
     else
+        wheels=("$WHEELHOUSE"/*.whl)
         if make_env; then
             RUNPY="$ENV_DIR/bin/python"
-            wheels=("$WHEELHOUSE"/*.whl)
-            add "env" OK "venv over $(command -v "$PY") from the ${#wheels[@]} wheels in $WHEELHOUSE ($(du -sh "$WHEELHOUSE" | cut -f1))"
+            install_mpi
+            add "env" OK "venv over $(command -v "$PY") from the ${#wheels[@]} wheels in $WHEELHOUSE ($(du -sh "$WHEELHOUSE" | cut -f1))${MPI_MISSING:+; MPI missing: $MPI_MISSING}"
         elif target_env; then
-            add "env" OK "no venv ($(grep -v '^ *$' "$LOGS/env.log" | head -n 1)); chainer from the wheelhouse on PYTHONPATH for $RUNPY"
+            install_mpi
+            add "env" OK "no venv ($(grep -v '^ *$' "$LOGS/env.log" | head -n 1)); chainer from the wheelhouse on PYTHONPATH for $RUNPY${MPI_MISSING:+; MPI missing: $MPI_MISSING}"
         else
             add "env" FAIL "venv from the wheelhouse failed; using $RUNPY as it is" \
                 "$LOGS/env.log"
@@ -202,6 +229,9 @@ try:
     parts.append('cuDNN in CuPy: {}'.format('yes' if cuda.cudnn_enabled else 'no'))
 except Exception as exc:
     parts.append('chainer.backends.cuda: {}'.format(type(exc).__name__))
+from chainer_resnet import gpu
+if gpu.cupy_major() is not None:
+    parts.append('cuDNN {}; NCCL: {}'.format(gpu.cudnn_status()[1], gpu.nccl_status()[1]))
 print(', '.join(parts))
 EOF
     then add "stack" INFO "$(tail -n 1 "$stack_log")"
@@ -240,12 +270,16 @@ if [ -z "$NO_GPU" ]; then
     step "chainer step 224x224 b32 fp32, use_cudnn=never" 100 chainer --device gpu --cudnn never
     step "pytorch step 224x224 b32 fp32 (torchvision resnet50, SGD)" 60 torch --device gpu
     allreduce_item "pure_nccl fp16 allreduce, world size 1" --device gpu
+    # The trainer's cuDNN options against Chainer's own (benchmarks/README.md, "cuDNN options").
+    step "chainer step 224x224 b32 fp32, cuDNN untuned (8 MiB)" 100 \
+        chainer --device gpu --cudnn auto --cudnn-autotune off --cudnn-workspace 8
 else
     why="no GPU: $NO_GPU"
     for name in "gpu tests (pytest -m gpu tests)" "chainer step 224x224 b32 fp32, cuDNN" \
             "chainer step 224x224 b32 fp32, use_cudnn=never" \
             "pytorch step 224x224 b32 fp32 (torchvision resnet50, SGD)" \
-            "pure_nccl fp16 allreduce, world size 1"; do
+            "pure_nccl fp16 allreduce, world size 1" \
+            "chainer step 224x224 b32 fp32, cuDNN untuned (8 MiB)"; do
         add "$name" SKIP "($why)"
     done
     if [ -n "$RUNPY" ]; then

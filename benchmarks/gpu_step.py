@@ -8,7 +8,9 @@
 
 - ``chainer``: one training step of our ResNet-50 (LastBatchNormalization,
   RMSpropWarmup, softmax cross-entropy), fp32, synthetic inputs, batch 32,
-  with ``use_cudnn`` 'auto' (cuDNN where CuPy has it) or 'never';
+  with ``use_cudnn`` 'auto' (cuDNN where CuPy has it) or 'never', and the
+  trainer's cuDNN options (``--cudnn-autotune``, ``--cudnn-workspace``: by
+  default the trainer's defaults, chainer_resnet/gpu.py);
 - ``torch``: the same step in PyTorch: torchvision's ``resnet50``, SGD with
   momentum 0.9, fp32 (TF32 off, so both frameworks do fp32 arithmetic),
   cuDNN autotuning on;
@@ -31,6 +33,7 @@ import traceback
 import numpy
 
 import resnet_step   # benchmarks/resnet_step.py, beside this file
+from chainer_resnet.gpu import DEFAULT_AUTOTUNE, DEFAULT_WORKSPACE_MIB
 
 OK, FAIL, SKIP = 0, 1, 3
 
@@ -47,9 +50,11 @@ def result(status, reason=None, **values):
 def chainer_step(args):
     import chainer_resnet  # noqa: F401  (chainer compatibility hook first)
     import chainer
+    from chainer_resnet import gpu as gpu_stack
 
     gpu = args.device == 'gpu'
     info = {}
+    gpu_stack.configure_cudnn(args.cudnn_autotune == 'on', args.cudnn_workspace)
     if gpu:
         import cupy
         from chainer.backends import cuda
@@ -63,6 +68,8 @@ def chainer_step(args):
                 info['cudnn'] = cuda.cuda.cudnn.getVersion()
             except Exception:   # where CuPy keeps it differs between releases
                 info['cudnn'] = 'yes'
+            info['autotune'] = args.cudnn_autotune
+            info['workspace_mib'] = args.cudnn_workspace
     device = chainer.get_device('@cupy:0' if gpu else '@numpy')
     device.use()
     step, sync = resnet_step.chainer_step(device, args.size, args.batch)
@@ -172,6 +179,11 @@ def main(argv=None):
     p.add_argument('--batch', type=int, default=32)
     p.add_argument('--cudnn', choices=['auto', 'never'], default='auto',
                    help="chainer.config.use_cudnn for the chainer step")
+    p.add_argument('--cudnn-autotune', choices=['on', 'off'],
+                   default='on' if DEFAULT_AUTOTUNE else 'off',
+                   help="the trainer's --cudnn-autotune (default: its default)")
+    p.add_argument('--cudnn-workspace', type=int, default=DEFAULT_WORKSPACE_MIB,
+                   metavar='MIB', help="the trainer's --cudnn-workspace (default: its default)")
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--iters', type=int, default=10)
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Make chainer 7.8.1 import and run on today's Python stacks.
 
-Chainer 7.8.1 (2020) is unmaintained. Five lines of it break on current
-stacks; this module rewrites exactly those lines, in memory, while the
+Chainer 7.8.1 (2020) is unmaintained. Five places in it break on current
+stacks; this module rewrites exactly those places, in memory, while the
 affected modules are imported. Nothing on disk is changed, nothing else in
 Chainer is touched, and NumPy itself is not monkey-patched.
 
@@ -14,10 +14,18 @@ point  where                                       what breaks
                                                    setuptools>=82
 3      ``chainer/functions/array/as_strided.py``   ``np.sctypes``: removed in NumPy 2
 4      ``chainer/functions/array/resize_images.py`` ``numpy.float``: removed in NumPy 1.24
-5      ``chainermn/communicators/_memory_utility.py`` ``xp.array(v, copy=False, dtype=d)``:
-                                                   NumPy 2 / CuPy 14 raise when a copy
-                                                   is needed (packing grads in fp16)
+5      ``chainermn/communicators/_memory_utility.py`` the batched pack/unpack kernels use
+                                                   ``half`` and include only
+                                                   ``<cupy/carray.cuh>``, which no longer
+                                                   brings in ``<cuda_fp16.h>`` in CuPy 14:
+                                                   every pure_nccl update fails to compile
 =====  ==========================================  ==============================
+
+Point 5 is the kernel source that ``pure_nccl`` always runs for gradients
+(``batched_copy`` cannot be turned off: ``PureNcclCommunicator.set_config``
+drops the value). It is compiled for sm_60 and sm_90 on CuPy 13 and 14 by
+``make test-cuda`` (``tests/cuda_compile``), whose negative control is the
+unpatched source.
 
 :func:`install` must run before the first ``import chainer``;
 ``import chainer_resnet`` does it. Each rewrite checks that the original text
@@ -31,6 +39,11 @@ import sys
 import warnings
 
 CHAINER_VERSION = '7.8.1'
+
+# The opening of ChainerMN's batched pack ('pack') or unpack ('unpack') kernel source.
+_KERNEL = ("def _cupy_batched_{0}_params():\n"
+           "    return chainer.cuda.raw(r'''\n"
+           "#include <cupy/carray.cuh>\n")
 
 # module name -> list of (original text, replacement text)
 PATCHES = {
@@ -70,10 +83,10 @@ PATCHES = {
         ('dtype=numpy.float)', 'dtype=numpy.float64)'),
     ],
     'chainermn.communicators._memory_utility': [
-        # Point 5: astype(copy=False) copies only when the dtype differs, on
-        # NumPy 1 and 2 and on CuPy 13 and 14.
-        ('v = xp.array(v, copy=False, dtype=transfer_dtype)',
-         'v = v.astype(transfer_dtype, copy=False)'),
+        # Point 5: cuda_fp16.h defines `half`; CuPy 13's carray.cuh included it,
+        # CuPy 14's does not (its include guard makes the line harmless on 13).
+        (_KERNEL.format('pack'), _KERNEL.format('pack') + '#include <cuda_fp16.h>\n'),
+        (_KERNEL.format('unpack'), _KERNEL.format('unpack') + '#include <cuda_fp16.h>\n'),
     ],
 }
 

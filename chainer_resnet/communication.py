@@ -137,21 +137,32 @@ def create_communicator(*, gpu, allreduce_grad_dtype='float16'):
 
 
 def check_gpu_stack():
-    """Raise CommunicationError unless CuPy, its NCCL module and a GPU are usable.
+    """Raise CommunicationError unless CuPy, a usable NCCL and a GPU are there.
 
     Without this, ChainerMN reports a missing CuPy as "PureNcclCommunicator
-    requires NCCL 2.0+", which names neither the cause nor the fix.
+    requires NCCL 2.0+", which names neither the cause nor the fix, and a
+    missing NCCL passes ``import cupy.cuda.nccl`` (CuPy imports it either way)
+    and ends in ChainerMN's traceback. NCCL is judged first: it needs no GPU.
     """
+    from chainer_resnet import gpu
     try:
         import cupy
-        import cupy.cuda.nccl  # noqa: F401  (pure_nccl needs it)
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # ImportError, or a CUDA error from the driver
+    except Exception as e:  # ImportError, or a broken CuPy install
         raise CommunicationError(
-            'a GPU run (--device gpu or a GPU id) needs CuPy with NCCL and a visible GPU, '
-            'but {}: {}. Install CuPy for your CUDA (pip install cupy-cuda12x), check '
-            'python -c "import cupy.cuda.nccl", or run on CPU with --device cpu.'.format(
-                type(e).__name__, e)) from None
+            'a GPU run (--device gpu or a GPU id) needs CuPy, but {}: {}. Install CuPy for '
+            'your CUDA (README, "Supported GPU stacks"), or run on CPU with --device '
+            'cpu.'.format(type(e).__name__, e)) from None
+    usable, text = gpu.nccl_status()
+    if not usable:
+        raise CommunicationError(
+            'a GPU run trains with the pure_nccl communicator, but {}.'.format(text))
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # a CUDA error from the driver
+        raise CommunicationError(
+            'a GPU run (--device gpu or a GPU id) needs a visible GPU, but CUDA says {}: {}. '
+            'Check the driver and that the job was given GPUs, or run on CPU with '
+            '--device cpu.'.format(type(e).__name__, e)) from None
     if count < 1:
         raise CommunicationError(
             'a GPU run (--device gpu or a GPU id) found no visible GPU '
@@ -233,8 +244,8 @@ def select_gpu(comm, visible_gpus=None, explicit=None):
       ``comm.intra_rank``.
     - One GPU visible per rank (``srun --gpus-per-task=1``, ``--gpu-bind``,
       per-task cgroups): device 0, the rank's own GPU. (Several ranks that
-      see the *same* single GPU look alike from inside; the doctor compares
-      PCI bus ids and fails on that.)
+      see the *same* single GPU look alike from inside: :func:`bind_gpu`
+      compares PCI bus ids over all ranks, and so does the doctor.)
     - ``explicit`` (``--device N``) is honoured only with one rank on the
       node: with several, every rank would take GPU N.
 
@@ -273,12 +284,62 @@ def select_gpu(comm, visible_gpus=None, explicit=None):
 
 def device(name, comm):
     """The Chainer device of this rank: ``'cpu'``, ``'gpu'`` (the GPU of the
-    node-local rank, :func:`select_gpu`) or a GPU id (``--device``)."""
+    node-local rank, :func:`bind_gpu`) or a GPU id (``--device``)."""
     import chainer
     if name == 'cpu':
         return chainer.get_device('@numpy')
-    gpu_id = select_gpu(comm, explicit=None if name == 'gpu' else int(name))
+    gpu_id = bind_gpu(comm, explicit=None if name == 'gpu' else int(name))
     return chainer.get_device('@cupy:{}'.format(gpu_id))
+
+
+def bind_gpu(comm, explicit=None):
+    """Select this rank's GPU (:func:`select_gpu`), make it current, and check that no
+    other rank of the node took the same one; returns its id. Collective.
+
+    Several ranks that each see one GPU all take device 0 (``select_gpu``
+    cannot tell from inside whether it is the same GPU); if it is, NCCL later
+    refuses them with a cryptic "invalid usage". The ranks compare PCI bus ids
+    in one allgather instead, and all raise the same CommunicationError (with
+    ``collective_rank``, so the trainer says it once).
+    """
+    import cupy
+    gpu = select_gpu(comm, explicit=explicit)
+    cupy.cuda.Device(gpu).use()
+    check_distinct_gpus(comm, gpu, gpu_bus_id(gpu))
+    return gpu
+
+
+def gpu_bus_id(gpu):
+    """The PCI bus id of CUDA device `gpu` ('0000:3b:00', domain:bus:device)."""
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(gpu)
+    return '{:04x}:{:02x}:{:02x}'.format(props.get('pciDomainID', 0),
+                                        props.get('pciBusID', 0),
+                                        props.get('pciDeviceID', 0))
+
+
+def check_distinct_gpus(comm, gpu, bus_id):
+    """Raise CommunicationError on every rank if two ranks of one host use one GPU.
+
+    One ``allgather`` of (host, bus id, CUDA device id) over ``comm.mpi_comm``:
+    every rank judges the same table, so all raise or none does.
+    """
+    table = comm.mpi_comm.allgather((os.uname().nodename, bus_id, gpu))
+    seen = {}
+    for rank, (host, bus, device) in enumerate(table):
+        if (host, bus) in seen:
+            first = seen[host, bus]
+            error = CommunicationError(
+                'ranks {} and {} on host {} both use the GPU at PCI bus {} (their CUDA '
+                'devices {} and {}; CUDA_VISIBLE_DEVICES={!r} on rank {}): NCCL cannot run '
+                'two ranks on one GPU. Give every rank a GPU of its own: as many ranks per '
+                'node as GPUs with all GPUs visible to each (the trainer takes the node-local '
+                'rank\'s), or one distinct GPU per rank (srun --gpus-per-task=1, '
+                '--gpu-bind).'.format(first, rank, host, bus, table[first][2], device,
+                                       os.environ.get('CUDA_VISIBLE_DEVICES'), comm.rank))
+            error.collective_rank = comm.rank
+            raise error
+        seen[host, bus] = rank
 
 
 def from_rank0(comm, fn, *args, errors=(), **kwargs):

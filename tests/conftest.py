@@ -1,12 +1,16 @@
 """Test configuration shared by every test module.
 
-- ``gpu`` tests are skipped when CuPy (or a GPU) is not available.
+- ``gpu`` tests are skipped when CuPy (or a GPU) is not available;
+  ``cupy_wheel`` tests (a CuPy wheel, no GPU: ``make test-cuda``) when CuPy
+  does not import.
 - ``mpi`` tests are skipped unless pytest itself was launched by ``mpiexec``
   (``tests/run_mpi.py`` does that); under ``mpiexec`` only ``mpi`` tests run,
   so every rank collects the same tests in the same order.
 """
 
 import os
+import sys
+import types
 
 import pytest
 
@@ -27,10 +31,19 @@ def cupy_available():
         return False
 
 
+def cupy_importable():
+    try:
+        import cupy  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
     under_mpi = launched_under_mpi()
-    has_gpu = None
+    has_gpu = has_cupy = None
     skip_gpu = pytest.mark.skip(reason='needs CuPy and a CUDA GPU')
+    skip_cupy = pytest.mark.skip(reason='needs a CuPy wheel (make test-cuda)')
     skip_mpi = pytest.mark.skip(
         reason='MPI test: run under mpiexec (make test-mpi)')
     skip_not_mpi = pytest.mark.skip(reason='not an MPI test; skipped under mpiexec')
@@ -40,6 +53,11 @@ def pytest_collection_modifyitems(config, items):
                 has_gpu = cupy_available()
             if not has_gpu:
                 item.add_marker(skip_gpu)
+        if 'cupy_wheel' in item.keywords:
+            if has_cupy is None:
+                has_cupy = cupy_importable()
+            if not has_cupy:
+                item.add_marker(skip_cupy)
         if 'mpi' in item.keywords and not under_mpi:
             item.add_marker(skip_mpi)
         if under_mpi and 'mpi' not in item.keywords:
@@ -90,4 +108,35 @@ def tiny_trainer(tmp_path):
         updater = training.updaters.StandardUpdater(it, opt)
         return (training.Trainer(updater, (stop, 'iteration'), out=str(out or tmp_path)),
                 model)
+    return make
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """Install a fake CuPy (version, cuDNN, NCCL, device count) in sys.modules."""
+    def make(version='13.6.0', cudnn=8907, nccl=True, devices=1):
+        cupy = types.ModuleType('cupy')
+        cupy.__version__ = version
+        cuda = types.ModuleType('cupy.cuda')
+        cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: devices,
+                                             runtimeGetVersion=lambda: 12090,
+                                             driverGetVersion=lambda: 12090)
+        nccl_module = types.ModuleType('cupy.cuda.nccl')
+        nccl_module.available = nccl
+        if nccl:
+            nccl_module.get_version = lambda: 22501
+        cupy.cuda = cuda
+        cuda.nccl = nccl_module
+        modules = {'cupy': cupy, 'cupy.cuda': cuda, 'cupy.cuda.nccl': nccl_module}
+        if cudnn is not None:
+            modules['cupy.cudnn'] = types.ModuleType('cupy.cudnn')
+            libcudnn = types.ModuleType('cupy.cuda.cudnn')
+            libcudnn.getVersion = lambda: cudnn
+            modules['cupy.cuda.cudnn'] = cuda.cudnn = libcudnn
+        else:
+            modules['cupy.cudnn'] = None     # import fails, as without libcudnn.so.8
+        for name, module in modules.items():
+            monkeypatch.setitem(sys.modules, name, module)
+        monkeypatch.delenv('CHAINER_CUDNN', raising=False)
+        return cupy
     return make

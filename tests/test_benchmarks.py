@@ -181,7 +181,8 @@ def _dry_run(args, tmp_path, **env):
         ['bash', os.path.join(BENCHMARKS, 'gpu_check.sh')] + args,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
         timeout=240, cwd=ROOT,
-        env=_clean_env(GPU_CHECK_PYTHON=sys.executable, TMPDIR=str(tmp_path), **env))
+        env=_clean_env(**dict({'GPU_CHECK_PYTHON': sys.executable, 'TMPDIR': str(tmp_path)},
+                              **env)))
     return proc, time.perf_counter() - start
 
 
@@ -195,7 +196,8 @@ def _report(text):
 GPU_ITEMS = ('gpu tests (pytest -m gpu tests)', 'chainer step 224x224 b32 fp32, cuDNN',
              'chainer step 224x224 b32 fp32, use_cudnn=never',
              'pytorch step 224x224 b32 fp32 (torchvision resnet50, SGD)',
-             'pure_nccl fp16 allreduce, world size 1')
+             'pure_nccl fp16 allreduce, world size 1',
+             'chainer step 224x224 b32 fp32, cuDNN untuned (8 MiB)')
 
 
 def _check_dry_report(report):
@@ -238,3 +240,81 @@ def test_gpu_check_rejects_unknown_arguments():
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True, timeout=30)
     assert proc.returncode == 2 and 'unknown argument' in proc.stdout
+
+
+def _wheel_of_installed(name, folder):
+    """A wheel of the installed distribution `name`, from its own RECORD, in `folder`.
+
+    What `make wheelhouse` would download, without a download: the files as
+    installed (those outside site-packages, such as console scripts, left out),
+    with the WHEEL tag the installer recorded.
+    """
+    import base64
+    import hashlib
+    from importlib import metadata
+    dist = metadata.distribution(name)
+    info = next(f for f in dist.files if f.name == 'METADATA').parent
+    tag = next(line.split(': ', 1)[1] for line in
+               dist.locate_file(info / 'WHEEL').read_text().splitlines()
+               if line.startswith('Tag: '))
+    wheel_name = '{}-{}-{}.whl'.format(dist.metadata['Name'].replace('-', '_'),
+                                       dist.version, tag)
+    record = []
+    with zipfile.ZipFile(os.path.join(folder, wheel_name), 'w') as wheel:
+        for f in dist.files:
+            path = str(f)
+            if path.startswith('..') or '__pycache__' in path or f.name in (
+                    'RECORD', 'INSTALLER', 'REQUESTED', 'direct_url.json'):
+                continue
+            data = dist.locate_file(f).read_bytes()
+            wheel.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=')
+            record.append('{},sha256={},{}'.format(path, digest.decode(), len(data)))
+        record.append('{}/RECORD,,'.format(info))
+        wheel.writestr('{}/RECORD'.format(info), '\n'.join(record) + '\n')
+
+
+@pytest.mark.slow
+def test_gpu_check_installs_chainer_pytest_and_pillow_where_mpi_cannot(tmp_path):
+    # A GPU machine's Python with NumPy only (no chainer, pytest, Pillow, mpi4py), and
+    # a wheelhouse whose mpi4py is for another Python: chainer, pytest and Pillow
+    # still come from the wheelhouse, and only the allreduce item says MPI is missing.
+    import sysconfig
+    machine = tmp_path / 'machine'
+    subprocess.run([getattr(sys, '_base_executable', sys.executable), '-m', 'venv',
+                    '--without-pip', str(machine)], check=True, timeout=120)
+    numpy_only = tmp_path / 'numpy-only'
+    numpy_only.mkdir()
+    site = sysconfig.get_paths()['purelib']
+    for entry in os.listdir(site):
+        if entry == 'numpy' or entry.startswith('numpy-') or entry == 'numpy.libs':
+            os.symlink(os.path.join(site, entry), str(numpy_only / entry))
+    machine_site = subprocess.run(
+        [str(machine / 'bin' / 'python'), '-c',
+         'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+        check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    with open(os.path.join(machine_site, 'numpy_only.pth'), 'w') as f:
+        f.write(str(numpy_only) + '\n')
+    wheelhouse = tmp_path / 'wheelhouse'
+    wheelhouse.mkdir()
+    # What `make wheelhouse` holds (WHEELHOUSE_PURE and WHEELHOUSE_BIN but MPI).
+    for name in ('chainer', 'filelock', 'typing_extensions', 'six', 'protobuf', 'setuptools',
+                 'pytest', 'iniconfig', 'pluggy', 'packaging', 'pygments', 'pillow'):
+        _wheel_of_installed(name, str(wheelhouse))
+    # mpi4py for a Python that is not this one: pip finds no wheel it can install.
+    with zipfile.ZipFile(str(wheelhouse / 'mpi4py-4.1.2-cp39-cp39-manylinux_2_17_x86_64.whl'),
+                         'w') as wheel:
+        wheel.writestr('mpi4py/__init__.py', '')
+    proc, _ = _dry_run(['--dry-run'], tmp_path, GPU_CHECK_PYTHON=str(machine / 'bin' / 'python'),
+                       GPU_CHECK_WHEELHOUSE=str(wheelhouse), PATH='/usr/bin:/bin')
+    assert proc.returncode == 0, proc.stdout
+    report = _report(proc.stdout).splitlines()
+    env = next(x for x in report if x.startswith(('OK    env', 'FAIL  env')))
+    assert env.startswith('OK') and 'MPI missing' in env, proc.stdout
+    stack = next(x for x in report if x.startswith('INFO  stack'))
+    assert 'chainer 7.8.1' in stack and 'pytest ' in stack and 'mpi4py absent' in stack
+    assert next(x for x in report if 'rehearsal: pytest -m gpu' in x).startswith('OK'), report
+    assert next(x for x in report if 'rehearsal: chainer step' in x).startswith('OK'), report
+    failed = [x for x in report if x.startswith('FAIL')]
+    assert len(failed) == 1 and 'naive allreduce' in failed[0], report
+    assert 'MPI missing' in failed[0] and 'WHEELHOUSE_PYTHON=' in failed[0]

@@ -1,6 +1,7 @@
 """Communicator set-up pieces, rank-0 helpers and the fp16 gradient allreduce arithmetic."""
 
 import multiprocessing
+import os
 import pickle
 import sys
 import types
@@ -131,7 +132,9 @@ def test_print0_prints_on_rank_zero_only(capsys):
 @pytest.mark.gpu
 def test_pure_nccl_fp16_allreduce_equals_fp32_mean_on_gpu():
     # World size 1 still runs the cast path: pack to fp16, NCCL sum, scale
-    # by 1/size, unpack to fp32.
+    # by 1/size, unpack to fp32. ChainerMN needs MPI (the GPU check reports a
+    # missing mpi4py in its allreduce item).
+    pytest.importorskip('mpi4py.MPI', reason='ChainerMN needs mpi4py')
     import chainer.links as L
     import cupy
     comm = communication.create_communicator(gpu=True, allreduce_grad_dtype='float16')
@@ -339,3 +342,58 @@ def test_agree_under_mpi_one_ranks_error_ends_every_rank_together():
     else:
         assert all(message.endswith(': rank 1 has no GPU') and rank == r
                    for r, (message, rank) in enumerate(seen))
+
+
+# ---------------------------------------------------------------------------
+# bind_gpu: no two ranks of a node on one GPU (issue 19, defect 7)
+
+class _Allgather:
+    """The ``allgather`` of a world in which rank r contributed ``table[r]``."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def allgather(self, mine):
+        return list(self.table)
+
+
+def _world(table, rank):
+    comm = _FakeComm(rank=rank, intra_rank=rank, intra_size=len(table))
+    comm.mpi_comm = _Allgather(table)
+    return comm
+
+
+def test_two_ranks_on_one_gpu_are_refused_on_every_rank():
+    # srun --gpus-per-task=1 gone wrong: both ranks see one GPU, the same one.
+    table = [('node1', '0000:3b:00', 0), ('node1', '0000:3b:00', 0)]
+    for rank in (0, 1):
+        with pytest.raises(communication.CommunicationError) as e:
+            communication.check_distinct_gpus(_world(table, rank), 0, '0000:3b:00')
+        assert e.value.collective_rank == rank      # the trainer says it once
+        assert 'ranks 0 and 1 on host node1' in str(e.value)
+        assert '0000:3b:00' in str(e.value) and 'gpus-per-task' in str(e.value)
+
+
+def test_distinct_gpus_or_other_hosts_pass():
+    communication.check_distinct_gpus(_world(
+        [('node1', '0000:3b:00', 0), ('node1', '0000:5e:00', 0)], 0), 0, '0000:3b:00')
+    communication.check_distinct_gpus(_world(
+        [('node1', '0000:3b:00', 0), ('node2', '0000:3b:00', 0)], 1), 0, '0000:3b:00')
+
+
+def test_the_trainer_refuses_two_ranks_that_see_the_same_single_gpu(monkeypatch):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import train_imagenet
+    used = []
+    cupy = types.ModuleType('cupy')
+    cupy.cuda = types.SimpleNamespace(
+        Device=lambda gpu: types.SimpleNamespace(use=lambda: used.append(gpu)),
+        runtime=types.SimpleNamespace(
+            getDeviceCount=lambda: 1,
+            getDeviceProperties=lambda gpu: {'pciDomainID': 0, 'pciBusID': 0x3b,
+                                             'pciDeviceID': 0}))
+    monkeypatch.setitem(sys.modules, 'cupy', cupy)
+    table = [('node1', '0000:3b:00', 0), ('node1', '0000:3b:00', 0)]
+    with pytest.raises(communication.CommunicationError, match='both use the GPU'):
+        train_imagenet._device('gpu', _world(table, 1))
+    assert used == [0]

@@ -77,34 +77,60 @@ def test_resize_images_runs():
     assert y.shape == (1, 1, 8, 8)
 
 
-class _HostBuffer:
-    """Stands in for ChainerMN's device buffer: bytes on the host."""
+def _kernel_sources(module):
+    """The CUDA sources ChainerMN's batched pack/unpack give chainer.cuda.raw."""
+    import chainer.backends.cuda as cuda
+    sources = []
+    saved = cuda.raw
+    cuda.raw = lambda code, name, *args, **kwargs: sources.append(code)
+    try:
+        module._cupy_batched_pack_params()
+        module._cupy_batched_unpack_params()
+    finally:
+        cuda.raw = saved
+    return sources
 
-    def __init__(self, data):
-        self.bytes = numpy.frombuffer(data.tobytes(), numpy.uint8)
 
-    def to_device(self, dst, size, offset, stream):
-        # Copy buffer bytes [offset, offset+size) into dst, as cudaMemcpy would.
-        dst.reshape(-1).view(numpy.uint8)[:] = self.bytes[offset:offset + size]
-
-
-def test_unpack_params_from_an_fp16_buffer():
-    # Point 5: after an fp16 allreduce, ChainerMN unpacks the fp16 buffer into
-    # fp32 gradients through ``xp.array(grad, copy=False, dtype=float16)``,
-    # which NumPy 2 (and CuPy 14) refuse because a copy is needed.
-    import chainer
+def test_batched_pack_and_unpack_kernels_include_cuda_fp16():
+    # Point 5: `half` is defined by cuda_fp16.h, which CuPy 14's carray.cuh no
+    # longer includes. make test-cuda compiles these sources with CuPy 13 and 14.
+    import importlib.util
     from chainermn.communicators import _memory_utility
-    reduced = numpy.array([0.5, -1.25, 3.0, 1e-3, 2.0, -7.5, 0.0], numpy.float16)
-    params = [chainer.Parameter(numpy.zeros(shape, numpy.float32))
-              for shape in ((3,), (2, 2))]
-    for p in params:
-        p.grad = numpy.full(p.shape, 99.0, numpy.float32)
-    _memory_utility.unpack_params(params, 'grad', _HostBuffer(reduced),
-                                  numpy.float16, False)
-    numpy.testing.assert_array_equal(params[0].grad, reduced[:3].astype(numpy.float32))
-    numpy.testing.assert_array_equal(params[1].grad,
-                                     reduced[3:].astype(numpy.float32).reshape(2, 2))
-    assert params[0].grad.dtype == numpy.float32
+    for code in _kernel_sources(_memory_utility):
+        assert code.index('#include <cuda_fp16.h>') < code.index('half')
+    # Negative control: the module as ChainerMN ships it (loaded under another
+    # name, which the hook leaves alone) has no such include.
+    spec = importlib.util.spec_from_file_location('shipped', _memory_utility.__file__)
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    for code in _kernel_sources(shipped):
+        assert 'half' in code and 'cuda_fp16.h' not in code
+
+
+def test_pure_nccl_packs_gradients_with_the_batched_kernels(monkeypatch):
+    # Why point 5 is the kernels: pure_nccl always takes the batched path for
+    # gradients; the batched_copy=False a user passes is dropped by set_config.
+    import chainermn
+    from chainermn import nccl
+    from chainermn.communicators import _memory_utility
+    monkeypatch.setattr(nccl, '_available', True)
+    monkeypatch.setattr(nccl, 'get_build_version', lambda: 22501, raising=False)
+    monkeypatch.setattr(nccl, 'get_version', lambda: 22501, raising=False)
+    monkeypatch.setattr(_memory_utility, 'DeviceMemory', object)    # no GPU memory here
+    comm = chainermn.create_communicator('pure_nccl', batched_copy=False)
+    assert comm.batched_copy is True
+    calls = []
+    monkeypatch.setattr(_memory_utility, 'ParamsData', lambda *args: 'params-data')
+    monkeypatch.setattr(_memory_utility, '_batched_pack_params',
+                        lambda *args, **kwargs: calls.append('pack'))
+    monkeypatch.setattr(_memory_utility, '_batched_unpack_params',
+                        lambda *args, **kwargs: calls.append('unpack'))
+    for unbatched in ('pack_params', 'unpack_params'):
+        monkeypatch.setattr(_memory_utility, unbatched, lambda *args, **kwargs: calls.append(
+            'unbatched'))
+    comm._pack_params_to_buffer([], 'grad', None, numpy.float16, False)
+    comm._unpack_params_from_buffer([], 'grad', None, numpy.float16, False)
+    assert calls == ['pack', 'unpack']
 
 
 def test_every_point_is_patched_once_chainer_is_imported():

@@ -71,6 +71,36 @@ def test_software_versions_on_cpu_name_every_library_and_find_nothing():
     assert findings == []      # CuPy, cuDNN and NCCL are judged only for --device gpu
 
 
+def test_software_versions_say_which_convolution_path_runs(fake_cupy, monkeypatch):
+    import chainer
+    from chainer_resnet import gpu
+    fake_cupy(cudnn=8907, nccl=True)
+    monkeypatch.setattr(chainer.backends.cuda, 'cudnn_enabled', True)
+    rows, findings = facts.software_versions('gpu')
+    rows = dict(rows)
+    assert rows['cuDNN'].startswith('on: cuDNN 8907')
+    assert rows['convolutions'] == 'cuDNN (autotune on, workspace 512 MiB)'
+    assert rows['NCCL'] == 'NCCL 22501' and findings == []
+    # CuPy 13 that could not load cuDNN: Chainer's own kernels, and the pinned fix.
+    fake_cupy(cudnn=None, nccl=True)
+    monkeypatch.setattr(chainer.backends.cuda, 'cudnn_enabled', False)
+    rows, findings = facts.software_versions('gpu')
+    assert dict(rows)['convolutions'].startswith('im2col + GEMM')
+    [(level, text, fix)] = findings
+    assert level == 'WARN' and 'will not use cuDNN' in text and gpu.PIP_CUDNN in fix
+
+
+def test_software_versions_fail_on_a_missing_nccl(fake_cupy, monkeypatch):
+    import chainer
+    from chainer_resnet import gpu
+    fake_cupy(cudnn=8907, nccl=False)
+    monkeypatch.setattr(chainer.backends.cuda, 'cudnn_enabled', True)
+    rows, findings = facts.software_versions('gpu')
+    [(level, text, fix)] = findings
+    assert level == 'FAIL' and 'pure_nccl' in text and gpu.PIP_NCCL in fix
+    assert facts.software_versions('cpu')[1] == []     # judged only for --device gpu
+
+
 # --- the launcher's PMI, read before MPI starts --------------------------------------
 
 def clear_pmi(monkeypatch):

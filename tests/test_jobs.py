@@ -434,6 +434,35 @@ def test_cluster_scripts_have_site_block_and_guard(script):
     assert text.index(guard_var) < text.index('NOTE: site') < text.index('source ')
 
 
+def site_default(script, name):
+    """The default a script's NOTE: site block gives `name` (``: "${NAME=value}"``
+    or ``export NAME="${NAME-value}"``)."""
+    text = (ROOT / script).read_text()
+    match = re.search(r'\$\{%s[-=]([^}]*)\}' % name, text.split('NOTE: site', 1)[1])
+    return match.group(1)
+
+
+@pytest.mark.parametrize('script', PBS + SLURM)
+def test_module_defaults_agree_with_the_supported_stack(script):
+    # setup.py's extra `gpu` (the README's supported stack) is CuPy for CUDA 12, with
+    # cuDNN and NCCL from pip: a job loads a CUDA 12 module and no cuDNN/NCCL module
+    # (a second cuDNN or NCCL on the loader path is one that may be picked instead).
+    extra = re.search(r"'gpu': \[([^]]*)\]", (ROOT / 'setup.py').read_text()).group(1)
+    cuda_major = re.search(r'cupy-cuda(\d+)x', extra).group(1)
+    assert 'nvidia-cudnn-cu{}=='.format(cuda_major) in extra
+    assert 'nvidia-nccl-cu{}'.format(cuda_major) in extra
+    modules = site_default(script, 'MODULES').split()
+    assert [m for m in modules if m.startswith('cuda/')] == ['cuda/{}.4'.format(cuda_major)]
+    assert not [m for m in modules if m.startswith(('cudnn', 'nccl'))], modules
+    assert 'module load ' + ' '.join(modules) in (ROOT / 'README.md').read_text()
+
+
+@pytest.mark.parametrize('script', PBS + SLURM)
+def test_nccl_chooses_its_socket_interface_by_default(script):
+    # A fixed `ib0` failed NCCL's bootstrap on nodes without that interface.
+    assert site_default(script, 'NCCL_SOCKET_IFNAME') == ''
+
+
 def directives(script, prefix):
     lines = (ROOT / script).read_text().splitlines()
     found = []
@@ -833,9 +862,10 @@ def test_dry_run_paper_scale_is_the_unchanged_recipe(tmp_path, stubs, script):
         assert launcher[launcher.index('--mca') + 1:][:2] == ['mpi_warn_on_fork', '0']
         forwarded = {launcher[k + 1] for k, a in enumerate(launcher) if a == '-x'}
         assert {'PATH', 'LD_LIBRARY_PATH', 'VIRTUAL_ENV', 'OMP_NUM_THREADS',
-                'NCCL_SOCKET_IFNAME', 'NCCL_DEBUG'} <= forwarded
-        # Empty by default: NCCL uses every HCA it finds (NCCL_IB_HCA set: -x).
-        assert 'NCCL_IB_HCA' not in forwarded
+                'NCCL_DEBUG'} <= forwarded
+        # Empty by default: NCCL uses every HCA it finds and picks its socket
+        # interface itself (set, they are forwarded: -x).
+        assert 'NCCL_IB_HCA' not in forwarded and 'NCCL_SOCKET_IFNAME' not in forwarded
         assert 'STUB_LOG' not in forwarded and 'CUDA_VISIBLE_DEVICES' not in forwarded
         if script in PBS:
             assert launcher[launcher.index('--hostfile') + 1].endswith('nodefile-1001.pbs')

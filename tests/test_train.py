@@ -92,8 +92,8 @@ def test_bad_recipe_and_paths_are_clear_errors(tmp_path, data_cache, capsys):
 def test_user_errors_are_one_line_messages_with_exit_status_2(tmp_path, data_cache, capsys):
     # Each of these used to end in a traceback (issue 9).
     cases = [
-        (['--device', 'gpu'], 'needs CuPy with NCCL and a visible GPU'),
-        (['--device', '3'], 'needs CuPy with NCCL and a visible GPU'),
+        (['--device', 'gpu'], 'needs CuPy, but'),
+        (['--device', '3'], 'needs CuPy, but'),
         (['--resume', str(tmp_path / 'missing.0')], 'cannot resume from --resume'),
         (['--set', 'epochs=inf'], 'epochs must be a finite number'),
         (['--set', 'seed=-1'], 'seed must be >= 0'),
@@ -106,8 +106,17 @@ def test_user_errors_are_one_line_messages_with_exit_status_2(tmp_path, data_cac
     assert train_imagenet.main(_args(tmp_path / 'file', data_cache)) == 2
     assert 'is a file, not a folder' in capsys.readouterr().err
     for flag in (['--stop-after-iters', '0'], ['--stop-after-epochs', 'inf'],
-                 ['--device', 'gpux'], ['--skip-bad-images', '-1']):
+                 ['--device', 'gpux'], ['--skip-bad-images', '-1'],
+                 ['--cudnn-workspace', '-1'], ['--cudnn-autotune', 'yes']):
         with pytest.raises(SystemExit) as e:
             train_imagenet.main(_args(tmp_path / 'run', data_cache, *flag))
         assert e.value.code == 2, flag
         assert 'error: argument' in capsys.readouterr().err
+
+
+def test_cudnn_options_default_to_the_trainers_and_parse():
+    from chainer_resnet import gpu
+    args = train_imagenet.parse_args([])
+    assert args.cudnn_autotune == 'on' and args.cudnn_workspace == gpu.DEFAULT_WORKSPACE_MIB
+    args = train_imagenet.parse_args(['--cudnn-autotune', 'off', '--cudnn-workspace', '8'])
+    assert args.cudnn_autotune == 'off' and args.cudnn_workspace == 8

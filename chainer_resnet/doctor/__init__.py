@@ -3,7 +3,8 @@
 Launch it exactly like the training (same launcher, same ranks, same
 environment). Rank 0 prints
 
-1. the software stack: Python, NumPy, Chainer/ChainerMN, CuPy, cuDNN, NCCL,
+1. the software stack: Python, NumPy, Chainer/ChainerMN, CuPy, cuDNN (on or
+   off, and why), the convolution path that will run, NCCL,
    mpi4py and the MPI library it runs against, next to the ``mpiexec`` /
    ``mpirun`` found on PATH (an MPI of another family than mpi4py's is the
    usual reason why N processes start as N one-rank "jobs");

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+from chainer_resnet import gpu
 from chainer_resnet.communication import (  # noqa: F401  (launcher_rank: the doctor's too)
     LAUNCHER_RANK_VARIABLES, LOCAL_RANK_VARIABLES, launcher_rank)
 
@@ -195,34 +196,21 @@ def software_versions(device):
                 findings.append(('FAIL', cuda, 'check the driver/CUDA module and '
                                  'that the job was given GPUs'))
         rows.append(('cupy', '{} ({})'.format(cupy.__version__, cuda)))
-        enabled = bool(chainer is not None and chainer.backends.cuda.cudnn_enabled)
-        try:
-            cudnn = _cupy_library('cudnn')
-            rows.append(('cuDNN', '{} (chainer uses it: {})'.format(
-                cudnn.getVersion(), enabled)))
-        except Exception as e:
-            rows.append(('cuDNN', 'unavailable: {}'.format(e)))
-        if device == 'gpu' and not enabled:
-            findings.append(('WARN', 'Chainer does not use cuDNN: training runs, '
-                             'several times slower', 'install CuPy with cuDNN '
-                             '(cupy-cuda12x 13.x and nvidia-cudnn-cu12)'))
-        try:
-            nccl = _cupy_library('nccl')
-            rows.append(('NCCL', str(nccl.get_version())))
-        except Exception as e:
-            rows.append(('NCCL', 'unavailable: {}'.format(e)))
-            if device == 'gpu':
-                findings.append(('FAIL', 'NCCL is unavailable in CuPy, the '
-                                 'pure_nccl communicator cannot start',
-                                 'install CuPy with NCCL support (import '
-                                 'cupy.cuda.nccl must work)'))
+        cudnn_on, cudnn_text = gpu.cudnn_status()
+        if chainer is not None:
+            # What Chainer decided at import, which is what a run will do.
+            cudnn_on = bool(chainer.backends.cuda.cudnn_enabled)
+        rows.append(('cuDNN', cudnn_text))
+        rows.append(('convolutions', gpu.convolution_path(cudnn_on)))
+        if device == 'gpu' and not cudnn_on:
+            findings.append(('WARN', 'Chainer will not use cuDNN ({}): convolutions, BN and '
+                             'pooling run as Chainer\'s own kernels (im2col + GEMM), '
+                             'slower'.format(cudnn_text),
+                             'cupy-cuda12x 13.x with pip install "{}" (README, "Supported '
+                             'GPU stacks")'.format(gpu.PIP_CUDNN)))
+        nccl_ok, nccl_text = gpu.nccl_status()
+        rows.append(('NCCL', nccl_text))
+        if device == 'gpu' and not nccl_ok:
+            findings.append(('FAIL', 'NCCL is unavailable to CuPy: the pure_nccl '
+                             'communicator cannot start', nccl_text))
     return rows, findings
-
-
-def _cupy_library(name):
-    """cupy.cuda.<name> (cudnn, nccl), or where newer CuPy keeps it."""
-    import importlib
-    try:
-        return importlib.import_module('cupy.cuda.' + name)
-    except ImportError:
-        return importlib.import_module('cupy_backends.cuda.libs.' + name)

@@ -60,9 +60,10 @@ REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 JOB_SCRIPT=${JOB_SCRIPT:-$REPO/jobs/slurm/srun_pmix.sh}
 
 # ---- NOTE: site: edit for your cluster --------------------------------------
-# Environment modules loaded in the job (empty: none); the MPI here is the one
-# mpi4py must be built against.
-: "${MODULES=cuda/11.8 cudnn/8.9 nccl/2.18 openmpi/4.1}"
+# Environment modules loaded in the job (empty: none): CUDA 12 (the libraries
+# CuPy 13 runs on; cuDNN 8.9 and NCCL come from pip with '.[gpu]': README,
+# "Supported GPU stacks") and the MPI mpi4py must be built against.
+: "${MODULES=cuda/12.4 openmpi/4.1}"
 # Virtualenv with chainer_resnet installed (pip install -e '.[gpu]').
 : "${VENV=$HOME/venvs/chainer_resnet}"
 # ImageNet: list files of "path label" lines (or class folders), image root.
@@ -74,9 +75,11 @@ JOB_SCRIPT=${JOB_SCRIPT:-$REPO/jobs/slurm/srun_pmix.sh}
 : "${SRUN_FLAGS=}"
 # NCCL: HCA ports to restrict it to (empty: every HCA NCCL finds, all
 # rails; a name the nodes do not have moves NCCL to sockets, which the
-# doctor fails), the interface for NCCL's sockets (ip -br addr), WARN or INFO.
+# doctor fails), the interface for its bootstrap sockets (empty: NCCL picks
+# one; a name some node lacks fails NCCL's start there: one every node has,
+# from ip -br addr), WARN or INFO.
 export NCCL_IB_HCA="${NCCL_IB_HCA-}"
-export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME-ib0}"
+export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME-}"
 export NCCL_DEBUG="${NCCL_DEBUG-WARN}"
 # -----------------------------------------------------------------------------
 
