@@ -1,7 +1,6 @@
 """Communicator set-up pieces, rank-0 helpers and the fp16 gradient allreduce arithmetic."""
 
 import multiprocessing
-import os
 import pickle
 import sys
 import types
@@ -381,9 +380,7 @@ def test_distinct_gpus_or_other_hosts_pass():
         [('node1', '0000:3b:00', 0), ('node2', '0000:3b:00', 0)], 1), 0, '0000:3b:00')
 
 
-def test_the_trainer_refuses_two_ranks_that_see_the_same_single_gpu(monkeypatch):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import train_imagenet
+def test_the_trainers_device_refuses_two_ranks_that_see_the_same_single_gpu(monkeypatch):
     used = []
     cupy = types.ModuleType('cupy')
     cupy.cuda = types.SimpleNamespace(
@@ -395,5 +392,5 @@ def test_the_trainer_refuses_two_ranks_that_see_the_same_single_gpu(monkeypatch)
     monkeypatch.setitem(sys.modules, 'cupy', cupy)
     table = [('node1', '0000:3b:00', 0), ('node1', '0000:3b:00', 0)]
     with pytest.raises(communication.CommunicationError, match='both use the GPU'):
-        train_imagenet._device('gpu', _world(table, 1))
+        communication.device('gpu', _world(table, 1))
     assert used == [0]
