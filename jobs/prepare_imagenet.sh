@@ -12,11 +12,12 @@
 #            DATA_ROOT needs ~147 GB free (the images as they are; about
 #            a third with RESIZE=shorter) and must be visible to every
 #            training node.
-# Expected:  copying is bound by the filesystem (~147 GB read, ~147 GB
-#            written); pre-resizing by decoding: see benchmarks/README.md,
-#            "ImageNet from its archives", for the CPU time per million
-#            images. 4 h asked for; if the job is killed, submit it again:
-#            it continues with the classes not yet written.
+# Expected:  copying: bound by the filesystem (~147 GB read and as much
+#            written; 0.2-0.4 CPU-hours per million images); pre-resizing:
+#            1.5-1.7 CPU-hours per million images, ~8 min on 16 cores
+#            (benchmarks/README.md, "ImageNet from its archives"). 4 h asked
+#            for; if the job is killed, submit it again: it continues with
+#            the classes not yet written.
 # Submit from the repository root:
 #   sbatch jobs/prepare_imagenet.sh
 #   qsub jobs/prepare_imagenet.sh
