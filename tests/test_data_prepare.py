@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -235,7 +236,8 @@ def _cut(source, folder, size):
 
 @pytest.mark.parametrize('which, where, message', [
     ('train_tar', 'inside', 'is cut short: member n01443537.tar needs bytes up to'),
-    ('train_tar', 'between', 'ends after member n01443537.tar without tar\'s end-of-archive'),
+    ('train_tar', 'between', 'cut short or damaged: after member n01443537.tar comes neither '
+                             'another member nor tar\'s end-of-archive block'),
     ('val_tar', 'inside', 'is cut short: member ILSVRC2012_val_00000003.JPEG needs'),
 ])
 def test_a_truncated_archive_is_refused_before_anything_is_written(mini, tmp_path, which,
@@ -279,8 +281,8 @@ def test_a_damaged_class_archive_stops_the_run_and_keeps_the_complete_classes(mi
     assert r.returncode == 2, r.stderr
     errors = r.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith(
-        'error: class archive n01443537.tar in {} is cut short: it ends after member '
-        'n01443537_114.JPEG'.format(train_tar)), r.stderr
+        'error: class archive n01443537.tar in {} is cut short or damaged: after member '
+        'n01443537_114.JPEG comes neither'.format(train_tar)), r.stderr
     # Largest class first, one process: the classes larger than the damaged
     # one were done before it and are kept, complete; nothing else is there.
     sizes = {('train', os.path.splitext(m.name)[0]): m.size
@@ -622,6 +624,30 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log():
         'prepare:  67% 2/3 class folders, 2,000 images, 2.0 GB of 3.0 GB, 57 images/s, '
         'ETA 18s',
         'prepare: 100% 3/3 class folders, 3,000 images, 3.0 GB of 3.0 GB, 60 images/s, ETA 0s']
+
+
+def test_unrecorded_and_missing_class_folders_are_written_again(mini, prepared, tmp_path,
+                                                               capsys):
+    out = str(tmp_path / 'out')
+    shutil.copytree(prepared, out)
+    os.remove(os.path.join(out, preparation.RECORD_NAME))
+    log = os.path.join(out, workspace.STATE, 'done.jsonl')
+    with open(log) as f:
+        lines = f.readlines()
+    # A kill while the last record was written: its line is cut, its folder
+    # (renamed, maybe not complete on disk) must be written again; a class
+    # folder removed by hand is written again too.
+    unrecorded = json.loads(lines[-1])
+    with open(log, 'w') as f:
+        f.writelines(lines[:-1] + [lines[-1][:20]])
+    folder = os.path.join(out, unrecorded['split'], unrecorded['name'])
+    os.remove(os.path.join(folder, sorted(os.listdir(folder))[0]))
+    removed = json.loads(lines[0])
+    shutil.rmtree(os.path.join(out, removed['split'], removed['name']))
+    capsys.readouterr()
+    assert run(mini, out) == 0
+    assert '2 class folders to write (6 done before)' in capsys.readouterr().out
+    assert tree(out) == tree(prepared)
 
 
 def test_sigterm_stops_it_with_a_message_and_its_workers_with_it(mini, tmp_path):

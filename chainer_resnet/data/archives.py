@@ -19,6 +19,7 @@ members, where Python's :mod:`tarfile` just stops - is an error that names it.
 import collections
 import io
 import os
+import re
 import tarfile
 
 from PIL import Image
@@ -43,6 +44,7 @@ Result.__doc__ = """What :func:`extract_class` did for one :class:`Task`."""
 _BILINEAR = getattr(Image, 'Resampling', Image).BILINEAR
 _BLOCK = 512
 _AGAIN = 'Download it again, or check it against its published MD5 sum.'
+_SPACE = re.compile(r'\s')
 # Reads from the archives: large enough that an inner tar streams, not seeks.
 _BUFFER = 1 << 20
 
@@ -115,10 +117,11 @@ def _scan(fileobj, size, where, read=False):
             where, type(exc).__name__, exc, _AGAIN)) from None
     fileobj.seek(end)
     if fileobj.read(_BLOCK) != bytes(_BLOCK):
+        # Python's tarfile stops without a word at the end of the data or at
+        # a damaged header; a whole archive has zeros there.
         after = 'after member {}'.format(last.name) if last else 'at its start'
-        raise DatasetError('{} is cut short: it ends {} without tar\'s end-of-archive block '
-                           '(a copy that stopped between two members). {}'.format(
-                               where, after, _AGAIN))
+        raise DatasetError('{} is cut short or damaged: {} comes neither another member nor '
+                           'tar\'s end-of-archive block. {}'.format(where, after, _AGAIN))
 
 
 def index_archive(path):
@@ -146,7 +149,7 @@ def check_image_name(name, where):
         DatasetError: a hidden name, whitespace (list files split on it), a
             folder separator, or an extension that is not an image's.
     """
-    if (not name or name.startswith('.') or any(c.isspace() for c in name) or '/' in name
+    if (not name or name.startswith('.') or _SPACE.search(name) or '/' in name
             or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS):
         raise DatasetError('{}: member {!r} is not an image file name this can write (no '
                            'leading dot, whitespace or folder; extension one of {})'.format(
@@ -205,12 +208,25 @@ class Converter:
         return out.getvalue()
 
 
+def _read_exactly(f, size):
+    """``size`` bytes from ``f`` (fewer only at its end): one unbuffered read
+    may return fewer than asked."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = f.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b''.join(chunks)
+
+
 def _images(task, f):
     """``(name, data, where)`` of each image of ``task``, read from ``f``."""
     if task.split == 'val':
         for member in task.members:
             f.seek(member.offset)
-            data = f.read(member.size)
+            data = _read_exactly(f, member.size)
             where = '{} in {}'.format(member.name, task.archive)
             if len(data) != member.size:
                 raise DatasetError('{} is cut short: {} of {} bytes'.format(
@@ -242,7 +258,9 @@ def extract_class(task, converter, still_wanted=None):
     os.makedirs(task.folder)
     images = written = read = 0
     seen = set()
-    with open(task.archive, 'rb', buffering=_BUFFER) as f:
+    # An inner tar is read front to back (buffered); validation images lie
+    # scattered over the archive, and a buffer would read a megabyte for each.
+    with open(task.archive, 'rb', buffering=_BUFFER if task.split == 'train' else 0) as f:
         for name, data, where in _images(task, f):
             if still_wanted is not None and not still_wanted():
                 raise SystemExit(1)

@@ -141,6 +141,10 @@ class _MatReader:
             count *= extent
         if flags[0] & _COMPLEX_FLAG:
             self.fail('variable {!r} is complex'.format(name))
+        if count == 0 and pos >= len(buf) and array_class in _MX_DTYPES:
+            return name, numpy.zeros(shape, _MX_DTYPES[array_class])   # no data element
+        if count == 0 and pos >= len(buf) and array_class == _MX_CHAR:
+            return name, ''
         if array_class in _MX_DTYPES:
             real, pos = self.numbers(buf, pos, 'numbers')
             if real.size != count:
@@ -153,7 +157,10 @@ class _MatReader:
             codec = _TEXT_CODECS[mtype]
             if codec in ('utf-16', 'utf-32'):
                 codec += '-le' if self.order == '<' else '-be'
-            text = payload.decode(codec)
+            try:
+                text = payload.decode(codec)
+            except UnicodeDecodeError as exc:
+                self.fail('characters that are not {} ({})'.format(codec, exc))
             rows = shape[0] if count else 0
             if rows <= 1:
                 return name, text
