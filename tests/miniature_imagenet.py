@@ -2,9 +2,10 @@
 
 A plain tar of ``<wnid>.tar`` class archives holding ``<wnid>_<n>.JPEG``
 files, a flat tar of ``ILSVRC2012_val_<k>.JPEG`` files, and a ``.tar.gz``
-devkit whose ``meta.mat`` is written by SciPy's ``savemat`` (an independent
-writer of the MAT format) with the real file's struct fields, leaf and inner
-synsets, and ILSVRC2012 ids in another order than the sorted WordNet ids.
+devkit whose ``meta.mat`` is written as MATLAB writes it (below: a writer
+from the format's specification) with the real file's struct fields, leaf
+and inner synsets, and ILSVRC2012 ids in another order than the sorted
+WordNet ids.
 Its odd files are ImageNet's: a CMYK JPEG, a grayscale JPEG and a PNG named
 ``.JPEG``. :func:`build_miniature` returns which class every image belongs
 to: the tests' oracle for labels.
@@ -13,7 +14,9 @@ to: the tests' oracle for labels.
 import collections
 import io
 import os
+import struct
 import tarfile
+import zlib
 
 import numpy
 from PIL import Image
@@ -59,22 +62,89 @@ def tar_bytes(files):
     return out.getvalue()
 
 
-def write_meta(path, leaves=LEAVES, counts=TRAIN_COUNTS, compress=True):
-    """meta.mat as the devkit has it, written by SciPy."""
-    import scipy.io
-    fields = ('ILSVRC2012_ID', 'WNID', 'words', 'gloss', 'num_children', 'children',
-              'wordnet_height', 'num_train_images')
-    rows = [(i, wnid, 'words of {}'.format(wnid), 'the gloss of {}'.format(wnid), 0, [], 0,
-             counts.get(wnid, 0)) for i, wnid in sorted(leaves.items())]
-    rows += [(i, wnid, words, 'an inner synset', len(kids), kids, 2, 0)
-             for i, wnid, words, kids in INNER]
-    synsets = numpy.zeros((len(rows), 1), dtype=[(f, 'O') for f in fields])
-    for k, (i, wnid, words, gloss, n_kids, kids, height, n_train) in enumerate(rows):
-        synsets[k, 0] = (numpy.array([[float(i)]]), wnid, words, gloss,
-                         numpy.array([[float(n_kids)]]),
-                         numpy.array([[float(c) for c in kids]]).reshape(1, len(kids)),
-                         numpy.array([[float(height)]]), numpy.array([[float(n_train)]]))
-    scipy.io.savemat(path, {'synsets': synsets}, do_compression=compress)
+# --- meta.mat, as MATLAB writes it -------------------------------------------------------
+# A writer of the MAT-file format from its specification (MathWorks, "MAT-File
+# Format", MATLAB 7 documentation, chapter 1), independent of the reader in
+# chainer_resnet.data.devkit, and writing what MATLAB writes: characters as
+# UTF-16 (miUINT16), doubles stored in the smallest integer type that holds
+# them, each variable zlib-compressed (-v7, MATLAB's default) or not (-v6).
+# Not SciPy's savemat: chainer imports scipy.special when SciPy is installed,
+# so SciPy in the tested stack would change what every other test runs.
+
+MI_INT8, MI_UINT8, MI_UINT16, MI_INT32, MI_UINT32, MI_DOUBLE = 1, 2, 4, 5, 6, 9
+MI_MATRIX, MI_COMPRESSED = 14, 15
+MX_STRUCT, MX_CHAR, MX_DOUBLE = 2, 4, 6
+META_FIELDS = ('ILSVRC2012_ID', 'WNID', 'words', 'gloss', 'num_children', 'children',
+               'wordnet_height', 'num_train_images')
+
+
+def mat_element(order, mtype, payload, small=True):
+    """A data element: up to 4 bytes in the small format (the size in the upper
+    half of the type word), otherwise an 8-byte tag and the data padded to a
+    multiple of 8 bytes."""
+    if small and len(payload) <= 4:
+        return struct.pack(order + 'I', len(payload) << 16 | mtype) + payload.ljust(4, b'\0')
+    return struct.pack(order + 'II', mtype, len(payload)) + payload + bytes(-len(payload) % 8)
+
+
+def mat_matrix(order, array_class, dims, body, name=''):
+    """An miMATRIX element: array flags, dimensions, name, then ``body``."""
+    flags = mat_element(order, MI_UINT32, struct.pack(order + 'II', array_class, 0))
+    shape = mat_element(order, MI_INT32, struct.pack(order + '2i', *dims))
+    return mat_element(order, MI_MATRIX, flags + shape + mat_element(order, MI_INT8, name.encode())
+                       + body, small=False)
+
+
+def mat_text(order, value):
+    codec = 'utf-16-le' if order == '<' else 'utf-16-be'
+    return mat_matrix(order, MX_CHAR, (1, len(value)),
+                      mat_element(order, MI_UINT16, value.encode(codec)))
+
+
+def mat_doubles(order, values):
+    """A 1 x n double array, stored as MATLAB stores whole numbers."""
+    values = [int(v) for v in values]
+    if all(0 <= v < 256 for v in values):
+        payload, mtype = bytes(values), MI_UINT8
+    elif all(0 <= v < 65536 for v in values):
+        payload, mtype = struct.pack(order + '{}H'.format(len(values)), *values), MI_UINT16
+    else:
+        payload, mtype = struct.pack(order + '{}d'.format(len(values)), *values), MI_DOUBLE
+    return mat_matrix(order, MX_DOUBLE, (1, len(values)),
+                      mat_element(order, mtype, payload, small=bool(values)))
+
+
+def meta_mat_bytes(records, order='<', compress=True):
+    """A MAT-file holding ``synsets``, a struct array (n x 1) of ``records``:
+    tuples in the order of :data:`META_FIELDS`."""
+    body = mat_element(order, MI_INT32, struct.pack(order + 'i', 32))
+    body += mat_element(order, MI_INT8, b''.join(f.encode().ljust(32, b'\0')
+                                                 for f in META_FIELDS))
+    for ilsvrc_id, wnid, words, gloss, children, height, count in records:
+        body += (mat_doubles(order, [ilsvrc_id]) + mat_text(order, wnid)
+                 + mat_text(order, words) + mat_text(order, gloss)
+                 + mat_doubles(order, [len(children)]) + mat_doubles(order, children)
+                 + mat_doubles(order, [height]) + mat_doubles(order, [count]))
+    variable = mat_matrix(order, MX_STRUCT, (len(records), 1), body, name='synsets')
+    if compress:
+        packed = zlib.compress(variable)
+        variable = struct.pack(order + 'II', MI_COMPRESSED, len(packed)) + packed
+    header = b'MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Tue Jun  5 10:00:00 2012'
+    return header.ljust(116) + bytes(8) + struct.pack(order + 'HH', 0x0100, 0x4D49) + variable
+
+
+def meta_records(leaves=LEAVES, counts=TRAIN_COUNTS):
+    """The synsets of the miniature's meta.mat: the leaves, then the inner synsets."""
+    records = [(i, wnid, 'words of {}'.format(wnid), 'the gloss of {}'.format(wnid), [], 0,
+                counts.get(wnid, 0)) for i, wnid in sorted(leaves.items())]
+    return records + [(i, wnid, words, 'an inner synset', kids, 2, 0)
+                      for i, wnid, words, kids in INNER]
+
+
+def write_meta(path, leaves=LEAVES, counts=TRAIN_COUNTS, compress=True, order='<'):
+    """meta.mat as the devkit has it."""
+    with open(path, 'wb') as f:
+        f.write(meta_mat_bytes(meta_records(leaves, counts), order, compress))
 
 
 def write_devkit(path, ground_truth, folder, **meta_options):

@@ -1,7 +1,7 @@
 """python -m chainer_resnet.data.prepare on a miniature of ImageNet's archives.
 
 The miniature (tests/miniature_imagenet.py) is in the official formats, with
-a devkit whose meta.mat SciPy wrote; the tests know which class every image
+a devkit whose meta.mat is written as MATLAB writes it; the tests know which class every image
 belongs to, and that truth, not the devkit, is the oracle for the labels the
 command writes.
 """
@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import zlib
 
 import numpy
 import pytest
@@ -32,7 +31,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from miniature_imagenet import (CLASSES, INNER, LEAVES, TRAIN_COUNTS,  # noqa: E402
-                                build_miniature, tar_bytes, write_devkit, write_meta)
+                                build_miniature, meta_mat_bytes, meta_records, tar_bytes,
+                                write_devkit, write_meta)
 
 
 @pytest.fixture(scope='module')
@@ -503,14 +503,35 @@ def test_train_imagenet_trains_on_the_prepared_output(prepared, tmp_path):
 
 # --- meta.mat ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize('order', ['<', '>'])
+@pytest.mark.parametrize('compress', [False, True])
+def test_meta_mat_as_matlab_writes_it(tmp_path, order, compress):
+    path = str(tmp_path / 'meta.mat')
+    write_meta(path, compress=compress, order=order)
+    with open(path, 'rb') as f:
+        variables = devkit.read_mat(f.read())
+    synsets = devkit.synsets_of(variables)
+    assert synsets == [devkit.Synset(i, w, 'words of ' + w, 0, TRAIN_COUNTS[w])
+                       for i, w in sorted(LEAVES.items())] + [
+        devkit.Synset(i, w, words, len(kids), 0) for i, w, words, kids in INNER]
+    assert {s.wnid for s in devkit.leaf_classes(synsets).values()} == set(CLASSES)
+    inner = variables['synsets'][-1]
+    assert inner['children'].dtype == numpy.float64
+    assert inner['children'].tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert variables['synsets'][0]['children'].shape == (1, 0)
+    assert inner['gloss'] == 'an inner synset'
+
+
 @pytest.mark.parametrize('compress', [False, True])
 def test_meta_mat_reads_as_scipy_reads_it(tmp_path, compress):
-    import scipy.io
+    # SciPy is not in the tested stack (chainer would import it): where it is
+    # installed, it checks both the tests' writer and our reader.
+    scipy_io = pytest.importorskip('scipy.io')
     path = str(tmp_path / 'meta.mat')
     write_meta(path, compress=compress)
     with open(path, 'rb') as f:
         ours = devkit.read_mat(f.read())['synsets']
-    theirs = scipy.io.loadmat(path)['synsets']
+    theirs = scipy_io.loadmat(path)['synsets']
     assert len(ours) == theirs.size == len(LEAVES) + len(INNER)
     for record, row in zip(ours, theirs[:, 0]):
         assert sorted(record) == sorted(theirs.dtype.names)
@@ -519,79 +540,16 @@ def test_meta_mat_reads_as_scipy_reads_it(tmp_path, compress):
                 assert [record[field]] == list(row[field])
             else:
                 numpy.testing.assert_array_equal(record[field], row[field])
-    synsets = devkit.synsets_of({'synsets': ours})
-    assert synsets[:4] == [devkit.Synset(i, w, 'words of ' + w, 0, TRAIN_COUNTS[w])
-                           for i, w in sorted(LEAVES.items())]
-    assert {s.wnid for s in devkit.leaf_classes(synsets).values()} == set(CLASSES)
-
-
-def _element(order, mtype, payload, small=True):
-    """A MAT-file data element (MathWorks, MAT-File Format, ch. 1): up to 4
-    bytes in the small format (size in the upper half of the type word),
-    otherwise an 8-byte tag and data padded to a multiple of 8 bytes."""
-    if small and len(payload) <= 4:
-        return struct.pack(order + 'I', len(payload) << 16 | mtype) + payload.ljust(4, b'\0')
-    return struct.pack(order + 'II', mtype, len(payload)) + payload + bytes(-len(payload) % 8)
-
-
-def _matrix(order, array_class, dims, body, name=''):
-    flags = _element(order, 6, struct.pack(order + 'II', array_class, 0))      # miUINT32
-    shape = _element(order, 5, struct.pack(order + '2i', *dims))              # miINT32
-    return _element(order, 14, flags + shape + _element(order, 1, name.encode()) + body,
-                    small=False)                                             # miMATRIX
-
-
-def _matlab_style_meta(order, compress):
-    """What MATLAB writes and SciPy does not: UTF-16 characters (miUINT16) and
-    doubles stored in the smallest integer type that holds them."""
-    codec = 'utf-16-le' if order == '<' else 'utf-16-be'
-
-    def text(value):
-        return _matrix(order, 4, (1, len(value)), _element(order, 4, value.encode(codec)))
-
-    def number(value, mtype, code):
-        return _matrix(order, 6, (1, 1), _element(order, mtype, struct.pack(order + code, value)))
-
-    def numbers(values):
-        body = _element(order, 2, bytes(values), small=bool(values))
-        return _matrix(order, 6, (1, len(values)), body)
-
-    fields = ['ILSVRC2012_ID', 'WNID', 'words', 'gloss', 'num_children', 'children',
-              'wordnet_height', 'num_train_images']
-    records = [(1, 'n02119789', 'kit fox, Vulpes macrotis', [], 1300),
-               (1001, 'n02075296', 'carnivore', [1, 2], 0)]
-    body = _element(order, 5, struct.pack(order + 'i', 32))
-    body += _element(order, 1, b''.join(f.encode().ljust(32, b'\0') for f in fields))
-    for ilsvrc_id, wnid, words, children, count in records:
-        body += (number(ilsvrc_id, 4, 'H') + text(wnid) + text(words) + text('a gloss')
-                 + number(len(children), 2, 'B') + numbers(children) + number(3, 2, 'B')
-                 + number(count, 4, 'H'))
-    variable = _matrix(order, 2, (len(records), 1), body, name='synsets')
-    if compress:
-        variable = _element(order, 15, zlib.compress(variable), small=False)[:8] + zlib.compress(
-            variable)
-    header = b'MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Tue Jun  5 2012'
-    header = header.ljust(116) + bytes(8) + struct.pack(order + 'HH', 0x0100, 0x4D49)
-    return header + variable
-
-
-@pytest.mark.parametrize('order', ['<', '>'])
-@pytest.mark.parametrize('compress', [False, True])
-def test_meta_mat_as_matlab_writes_it(order, compress):
-    data = _matlab_style_meta(order, compress)
-    synsets = devkit.synsets_of(devkit.read_mat(data))
-    assert synsets == [devkit.Synset(1, 'n02119789', 'kit fox, Vulpes macrotis', 0, 1300),
-                       devkit.Synset(1001, 'n02075296', 'carnivore', 2, 0)]
-    children = devkit.read_mat(data)['synsets'][1]['children']
-    assert children.dtype == numpy.float64 and children.tolist() == [[1.0, 2.0]]
 
 
 def test_what_is_not_a_v5_mat_file_is_a_clear_error():
-    data = _matlab_style_meta('<', False)
+    data = meta_mat_bytes(meta_records(), compress=False)
     for bad, message in ((data[:124] + struct.pack('<H', 0x0200) + data[126:], '-v7.3'),
                          (data[:-40], 'truncated'), (b'PK\x03\x04' + data[4:], 'header')):
         with pytest.raises(layouts.DatasetError, match=message):
             devkit.read_mat(bad)
+    with pytest.raises(layouts.DatasetError, match='has no struct array "synsets"'):
+        devkit.synsets_of(devkit.read_mat(data.replace(b'synsets', b'symbols')))
 
 
 # --- progress --------------------------------------------------------------------------------
