@@ -340,7 +340,8 @@ def parse_args(argv=None):
                    'ILSVRC-2012\'s 1,000 classes, 1,281,167 and 50,000 images')
     p.add_argument('--jobs', type=_positive_int, default=_default_jobs(),
                    help='processes (default: the CPUs this process may use)')
-    p.add_argument('--no-progress', action='store_true', help='no progress bar on a terminal')
+    p.add_argument('--no-progress', action='store_true',
+                   help='progress lines instead of a bar on a terminal')
     p.add_argument('--progress-seconds', type=float, default=30.0,
                    help='seconds between progress lines when not on a terminal (default 30)')
     return p.parse_args(argv)
