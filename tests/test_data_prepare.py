@@ -34,6 +34,11 @@ from miniature_imagenet import (CLASSES, INNER, LEAVES, TRAIN_COUNTS,  # noqa: E
                                 build_miniature, meta_mat_bytes, meta_records, tar_bytes,
                                 write_devkit, write_meta)
 
+# The command forks its workers (prepare._run); in a test process, threads
+# that other tests left behind make Python >= 3.12 warn at each fork.
+pytestmark = pytest.mark.filterwarnings(
+    'ignore:This process .* is multi-threaded, use of fork:DeprecationWarning')
+
 
 @pytest.fixture(scope='module')
 def mini(tmp_path_factory):

@@ -183,6 +183,9 @@ def _run(tasks, space, done, converter, args, stream):
     progress = Progress(stream, len(tasks), sum(m.size for t in tasks for m in t.members),
                         bar=stream.isatty() and not args.no_progress,
                         interval=args.progress_seconds)
+    # fork: the workers start at once and share the lock on the output (a
+    # second run waits for them). The only other thread in this process is
+    # OpenBLAS's idle pool, which has its own fork handlers.
     pool = multiprocessing.get_context('fork').Pool(
         min(args.jobs, len(tasks)), _init_worker, (converter, os.getpid()))
     try:
