@@ -168,6 +168,22 @@ def test_loader_benchmark_runs_end_to_end_on_a_tiny_set(tmp_path, fake_wheel):
         'ours: read_image + TrainTransform(224)']
 
 
+def test_prepare_benchmark_runs_end_to_end_on_a_tiny_set(tmp_path, fake_wheel):
+    work = tmp_path / 'work'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, 'prepare.py'), '--count', '8', '--copies',
+         '2', '--classes', '2', '--modes', 'none,square', '--size', '16', '--cache-dir',
+         str(tmp_path), '--wheel', fake_wheel, '--work', str(work)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+        timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    # 16 images: every 8th round over the 2 classes goes to the validation archive.
+    assert lines[0].startswith('16 images (14 train in 2 classes, 2 val)')
+    assert [line.split()[0] for line in lines[2:]] == ['none', 'square']
+    assert not work.exists()
+
+
 def _clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_PREFIXES)}
     env.pop('GPU_CHECK_DRY_RUN', None)

@@ -5,12 +5,13 @@ tests/test_scale.py and tests/test_launch.py.
 """
 
 import dataclasses
+import os
 
 import numpy
 import pytest
 
 from chainer_resnet import communication, recipes
-from chainer_resnet.data import layouts, sampling, shards
+from chainer_resnet.data import layouts, preparation, sampling, shards
 
 
 @pytest.fixture(scope='module')
@@ -58,3 +59,17 @@ def test_train_without_val_is_a_dataset_error(comm, list_tree):
     list_path, root = list_tree
     with pytest.raises(layouts.DatasetError, match='--train given without --val'):
         shards.open_data(comm, _recipe(num_classes=3), list_path, None, root)
+
+
+def test_a_prepared_dataset_is_checked_against_the_recipe(comm, list_tree):
+    list_path, root = list_tree
+    out = os.path.dirname(list_path)
+    preparation.write_record(out, {'num_classes': 5, 'resize': None,
+                                   'train_list': os.path.basename(list_path)})
+    with pytest.raises(layouts.DatasetError, match='has 5 classes but recipe'):
+        shards.open_data(comm, _recipe(num_classes=3), list_path, list_path, root)
+    # Negative control: the record of a dataset of 3 classes lets it through.
+    preparation.write_record(out, {'num_classes': 3, 'resize': None,
+                                   'train_list': os.path.basename(list_path)})
+    assert len(shards.open_data(comm, _recipe(num_classes=3), list_path, list_path,
+                                root).train_base) == 3

@@ -35,7 +35,9 @@ BASH_FILES = SCRIPTS + sorted(p.relative_to(ROOT).as_posix()
                               for p in (ROOT / 'tests' / 'slurm').glob('*.sh')) + ['.ci/run']
 # Sourced by every job script: the launch path, and what happens between launches.
 LIBRARIES = ['jobs/common.sh', 'jobs/chunks.sh']
-LAUNCH_SCRIPTS = [s for s in SCRIPTS if s not in LIBRARIES]
+# Prepares ImageNet before any training: a job of its own (tests below).
+PREPARE = 'jobs/prepare_imagenet.sh'
+LAUNCH_SCRIPTS = [s for s in SCRIPTS if s not in LIBRARIES + [PREPARE]]
 PBS = ['jobs/pbs/pbspro.sh', 'jobs/pbs/torque.sh']
 SLURM = ['jobs/slurm/mpirun.sh', 'jobs/slurm/srun_pmix.sh']
 TIMEOUT = 150
@@ -329,8 +331,8 @@ def code_lines(path):
 # --- static checks -----------------------------------------------------------------
 
 def test_every_expected_script_exists():
-    assert set(PBS + SLURM + ['jobs/local/workstation_gpu.sh',
-                              'jobs/local/smoke_cpu.sh'] + LIBRARIES) <= set(SCRIPTS)
+    assert set(PBS + SLURM + ['jobs/local/workstation_gpu.sh', 'jobs/local/smoke_cpu.sh',
+                              PREPARE] + LIBRARIES) <= set(SCRIPTS)
     assert (JOBS / 'README.md').exists()
 
 
@@ -1006,6 +1008,98 @@ def test_workstation_gpu_counts_visible_devices(tmp_path, stubs):
 def test_workstation_gpu_without_gpus_says_what_to_do(tmp_path, stubs):
     r = run_script('jobs/local/workstation_gpu.sh', base_env(tmp_path, stubs), timeout=60)
     assert r.returncode == 2 and 'no GPU found' in r.stdout and 'smoke_cpu.sh' in r.stdout
+
+
+# --- jobs/prepare_imagenet.sh: the archives to the layouts, on one node ------------------
+
+def test_prepare_script_house_style():
+    text = (ROOT / PREPARE).read_text()
+    lines = text.splitlines()
+    assert lines[0] == '#!/bin/bash' and 'set -euo pipefail' in lines
+    header = '\n'.join(lines[:30])
+    for key in ('What:', 'Scheduler:', 'Resources:', 'Expected:'):
+        assert key in header, key
+    # The guard, then the site block, then the shared code; one launch line.
+    assert (text.index('PBS_JOBID') < text.index('NOTE: site') < text.index('source ')
+            < text.index('run_launch'))
+    site = text.split('NOTE: site', 1)[1].split('# ----', 1)[0]
+    for name in ('MODULES', 'VENV', 'TRAIN_TAR', 'VAL_TAR', 'DEVKIT', 'DATA_ROOT', 'RESIZE'):
+        assert name in site, name
+    launches = [line for line in code_lines(PREPARE)
+                if '-m chainer_resnet.data.prepare' in line and 'echo' not in line]
+    assert launches == ['run_launch prepare "$PYTHON" -m chainer_resnet.data.prepare '
+                        '"${PREPARE_ARGV[@]}"']
+    # Both schedulers' directives, one comment above each (directives() checks).
+    slurm = directives(PREPARE, '#SBATCH')
+    assert {'--nodes=1', '--ntasks=1'} <= set(slurm)
+    assert any(d.startswith('--cpus-per-task=') for d in slurm)
+    assert any(d.startswith('--time=') for d in slurm)
+    pbs = directives(PREPARE, '#PBS')
+    assert '-j oe' in pbs and any(d.startswith('-l walltime=') for d in pbs)
+    # The one resource form that PBS Pro (converted to select=) and Torque both read.
+    assert any(re.fullmatch(r'-l nodes=1:ppn=\d+', d) for d in pbs)
+
+
+def test_prepare_script_guard_refuses_to_run_outside_a_job(tmp_path, stubs):
+    r = run_script(PREPARE, base_env(tmp_path, stubs), timeout=60)
+    assert r.returncode == 2
+    assert 'runs inside a Slurm or PBS job' in r.stdout
+    assert 'sbatch jobs/prepare_imagenet.sh' in r.stdout
+
+
+def prepare_params(tmp, archives='/data/archives', **extra):
+    params = dict(TRAIN_TAR='{}/ILSVRC2012_img_train.tar'.format(archives),
+                  VAL_TAR='{}/ILSVRC2012_img_val.tar'.format(archives),
+                  DEVKIT='{}/ILSVRC2012_devkit_t12.tar.gz'.format(archives),
+                  DATA_ROOT=tmp / 'imagenet')
+    params.update(extra)
+    return params
+
+
+@pytest.mark.parametrize('cpus, expected', [
+    ({'NCPUS': '3'}, ['--jobs', '3']),              # PBS Pro
+    ({'PBS_NUM_PPN': '5'}, ['--jobs', '5']),        # Torque
+    ({}, []),                                       # the command's default: its CPUs
+])
+def test_prepare_script_under_pbs_passes_the_allocations_cores(tmp_path, stubs, cpus,
+                                                               expected):
+    env = base_env(tmp_path, stubs, DRY_RUN=1, RESIZE='square', **prepare_params(tmp_path))
+    env.update(pbs_env(tmp_path), **cpus)
+    r = run_script(PREPARE, env, timeout=60)
+    assert r.returncode == 0, r.stdout
+    (command,) = dry_commands(r.stdout)
+    assert command == [str(VENV / 'bin' / 'python3'), '-m', 'chainer_resnet.data.prepare',
+                       '--train-tar', '/data/archives/ILSVRC2012_img_train.tar',
+                       '--val-tar', '/data/archives/ILSVRC2012_img_val.tar',
+                       '--devkit', '/data/archives/ILSVRC2012_devkit_t12.tar.gz',
+                       '--out', str(tmp_path / 'imagenet')] + expected + [
+                       '--resize', 'square', '--size', '256']
+    assert not (tmp_path / 'imagenet').exists()
+
+
+def test_prepare_script_refuses_an_unknown_resize(tmp_path, stubs):
+    env = base_env(tmp_path, stubs, DRY_RUN=1, RESIZE='256', **prepare_params(tmp_path))
+    env.update(slurm_env())
+    r = run_script(PREPARE, env, timeout=60)
+    assert r.returncode == 2 and 'RESIZE=256: use shorter, square or nothing' in r.stdout
+
+
+def test_prepare_script_under_slurm_prepares_the_archives(tmp_path, stubs):
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from miniature_imagenet import build_miniature
+    mini = build_miniature(str(tmp_path / 'archives'))
+    env = base_env(tmp_path, stubs, SUBSET=1, **prepare_params(
+        tmp_path, archives=tmp_path / 'archives'))
+    env.update(slurm_env(), SLURM_CPUS_PER_TASK='2')
+    r = run_script(PREPARE, env, timeout=120)
+    assert r.returncode == 0, r.stdout
+    (command,) = dry_commands(r.stdout)
+    assert command[command.index('--jobs') + 1] == '2' and '--subset' in command
+    assert 'job: slurm job 3001: ImageNet archives to {}'.format(tmp_path / 'imagenet') in r.stdout
+    assert 'prepared {} in'.format(tmp_path / 'imagenet') in r.stdout
+    record = json.loads((tmp_path / 'imagenet' / 'prepared.json').read_text())
+    assert (record['train_images'], record['val_images']) == (
+        sum(1 for key in mini.files if key[0] == 'train'), len(mini.val_truth))
 
 
 # --- real runs: smoke recipe on 2 CPU ranks under a simulated scheduler ---------------

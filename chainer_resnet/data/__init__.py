@@ -19,13 +19,23 @@ One concept per module:
 - :mod:`~chainer_resnet.data.demo`: 5,000 MNIST digits as JPEG files, so
   everything runs without ImageNet;
 - :mod:`~chainer_resnet.data.stats`: per-channel mean and std, also the
-  command ``python -m chainer_resnet.data.stats``.
+  command ``python -m chainer_resnet.data.stats``;
+- :mod:`~chainer_resnet.data.prepare`: the command ``python -m
+  chainer_resnet.data.prepare``, ImageNet's official archives to both
+  layouts, with its parts: :mod:`~chainer_resnet.data.archives` (the tars,
+  read in place, one class at a time), :mod:`~chainer_resnet.data.devkit`
+  (``meta.mat`` and the validation ground truth),
+  :mod:`~chainer_resnet.data.inventory` (what the archives hold, checked),
+  :mod:`~chainer_resnet.data.workspace` (the output while it is written,
+  and resuming); :mod:`~chainer_resnet.data.preparation` is the record it
+  leaves beside its output and the check of a recipe against it.
 
 The public names of layouts, transforms, sampling, loader and demo are
-re-exported here (``shards`` is reached through its module). ``stats`` is not
-imported (running it with ``-m`` after the package imported it would make
-Python warn), and ``transforms.from_recipe`` and ``loader.iterators`` are
-reached through their modules, where their names say what they build.
+re-exported here (``shards`` is reached through its module). ``stats`` and
+``prepare`` are not imported (running one with ``-m`` after the package
+imported it would make Python warn), and ``transforms.from_recipe`` and
+``loader.iterators`` are reached through their modules, where their names
+say what they build.
 """
 
 from chainer_resnet.data.demo import (

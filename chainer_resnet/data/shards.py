@@ -19,7 +19,7 @@ import numpy
 
 from chainer_resnet import communication
 from chainer_resnet.communication import print0
-from chainer_resnet.data import demo, layouts, loader, sampling, transforms
+from chainer_resnet.data import demo, layouts, loader, preparation, sampling, transforms
 
 Data = collections.namedtuple(
     'Data', 'train_base val_base train_ids val_ids train_local val_local train_shards')
@@ -40,6 +40,8 @@ def open_data(comm, recipe, train=None, val=None, root=None, data_cache=None):
     train_path, val_path, root = _dataset_paths(train, val, root, data_cache)
 
     def index():
+        # A dataset prepare.py wrote says how; the recipe must fit it (prepared.json).
+        preparation.check_recipe(recipe, train_path)
         train = layouts.open_dataset(train_path, root, recipe.num_classes, check_files=False)
         val = layouts.open_dataset(val_path, root, recipe.num_classes, check_files=False,
                                    classes=getattr(train, 'classes', None))

@@ -161,6 +161,16 @@ def _resize(image, size):
     return image.resize((width, height), _BILINEAR)
 
 
+def shorter_side_size(height, width, short):
+    """The (height, width) of an image whose shorter side is resized to
+    ``short``, keeping the aspect ratio (the longer side rounded, at least
+    ``short``): what :class:`ValTransform` resizes to, and what
+    ``python -m chainer_resnet.data.prepare --resize shorter`` writes."""
+    if height <= width:
+        return short, max(short, int(round(width * short / height)))
+    return max(short, int(round(height * short / width))), short
+
+
 def _crop(image, top, left, size):
     return image.crop((left, top, left + size, top + size))
 
@@ -299,12 +309,8 @@ class ValTransform(_Output):
 
     def __call__(self, image, rng=None):
         _check_image(image)
-        height, width = _height_width(image)
         short = int(round(self.crop_size * self.resize_ratio))
-        if height <= width:
-            size = (short, max(short, int(round(width * short / height))))
-        else:
-            size = (max(short, int(round(height * short / width))), short)
+        size = shorter_side_size(*_height_width(image), short)
         out = _resize(_rgb(image), size)
         top = (size[0] - self.crop_size) // 2
         left = (size[1] - self.crop_size) // 2
