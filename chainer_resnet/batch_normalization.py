@@ -127,6 +127,7 @@ class LastBatchNormalization(chainer.Link):
         # In place, so that anyone holding these arrays (e.g. an allreduce) sees the new values.
         self.mean[...] = mean
         self.var[...] = var
+        self.batch_size = x_array.shape[0]    # for the workers' agreement (BNStatisticsAllreduce)
         return F.batch_normalization(x, self.gamma, self.beta, eps=self.eps, axis=axis)
 
     def set_statistics(self, mean, var):
@@ -259,19 +260,22 @@ class BNStatisticsAllreduce(extension.Extension):
 
     The workers' agreement (with ``observations``, once per iteration, before
     the averaging, inside the same allreduce: it also sums the squares of the
-    workers' means and variances). For each BN link, over its channels c and
-    the W = ranks x k workers w, with σ²_c the workers' mean variance:
+    workers' means and variances). For each BN link, with n the images of a
+    worker's batch, σ²_c the workers' mean variance of channel c and Var_w
+    the variance over the W = ranks x k workers:
 
-        bn/mean_spread = sqrt(mean_c(Var_w(mean_wc) / σ²_c))
-        bn/var_spread  = sqrt(mean_c(Var_w(var_wc) / σ²_c²))
+        bn/mean_spread = median_c sqrt(Var_w(mean_wc) / (σ²_c / n))
+        bn/var_spread  = median_c sqrt(Var_w(var_wc)) / σ²_c / sqrt(2 / n)
 
-    the spread of the workers' channel means in units of the channel's
-    standard deviation, and of their variances relative to the mean one.
-    Workers that see the same distribution differ only by sampling (about
-    1/sqrt(images per worker) or less); workers fed different data (shards
-    sorted by class, a broken augmentation on some nodes) differ by far
-    more. The log gets min/median/max over the links and the link of the
-    maximum (``.../max_at``); TensorBoard every link.
+    the spread of the workers' channel means and variances in units of what
+    sampling n images gives (the standard errors of the mean and of the
+    variance of n normal values, as if an image's pixels were one value:
+    its pixels are correlated). Workers that see the same data distribution
+    stay near or below 1; workers fed different data (shards sorted by
+    class, a broken augmentation on some nodes) go far above. The median
+    over the channels keeps a few near-constant channels from deciding. The
+    log gets min/median/max over the links and the link of the maximum
+    (``.../max_at``); TensorBoard every link.
     """
 
     priority = extension.PRIORITY_WRITER + 10   # before evaluator and snapshot
@@ -351,11 +355,13 @@ class BNStatisticsAllreduce(extension.Extension):
         spreads, offset = {'mean_spread': [], 'var_spread': []}, 0
         for link in links:
             end = offset + link.mean.size
+            n = getattr(link, 'batch_size', 1)
             scale = var[offset:end] + link.eps
-            spreads['mean_spread'].append(numpy.sqrt(numpy.mean(
-                numpy.maximum(mean_sq[offset:end] - mean[offset:end] ** 2, 0) / scale)))
-            spreads['var_spread'].append(numpy.sqrt(numpy.mean(
-                numpy.maximum(var_sq[offset:end] - var[offset:end] ** 2, 0) / scale ** 2)))
+            spread = numpy.maximum(mean_sq[offset:end] - mean[offset:end] ** 2, 0)
+            spreads['mean_spread'].append(numpy.median(numpy.sqrt(spread / scale * n)))
+            spread = numpy.maximum(var_sq[offset:end] - var[offset:end] ** 2, 0)
+            spreads['var_spread'].append(numpy.median(
+                numpy.sqrt(spread) / scale / numpy.sqrt(2 / n)))
             offset = end
         link_names = [names[id(link)] for link in links]
         fields, complete = {}, {}

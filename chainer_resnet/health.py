@@ -61,8 +61,8 @@ from chainer.training import extension
 FP16_MAX = 65504.0
 FP16_NORMAL_MIN = 2.0 ** -14
 FP16_ROUNDS_TO_ZERO = 2.0 ** -25      # |x| <= this becomes 0 in fp16 (round to nearest even)
-UPDATE_RATIO_WARNING = 0.1            # a step that moves a weight tensor by 10 % of its norm
-STRAGGLER_WARNING = 1.25              # the slowest rank's step against the median rank's
+UPDATE_RATIO_WARNING = 0.5            # a step that moves a weight tensor by half its norm
+STRAGGLER_WARNING = 0.1               # the slowest rank's excess, in median steps
 
 
 # ---- device functions: plain functions of NumPy or CuPy arrays ----------------------------
@@ -172,11 +172,13 @@ class Observations:
         self._records = []
 
     def put(self, iteration, fields, complete=None):
-        """Keep ``fields`` for the next log entry and ``complete`` (with them) for TensorBoard."""
+        """Keep ``fields`` for the next log entry and ``complete`` for TensorBoard.
+
+        The summaries reach TensorBoard with the log entry they join.
+        """
         self._fields.update(fields)
-        numbers = {k: v for k, v in fields.items() if isinstance(v, (int, float))}
-        numbers.update(complete or {})
-        self._records.append((int(iteration), numbers))
+        if complete:
+            self._records.append((int(iteration), dict(complete)))
 
     def pop_fields(self):
         fields, self._fields = self._fields, {}
@@ -264,8 +266,9 @@ class RunHealth(extension.Extension):
     every rank (its ``Gather`` is a collective). Rank 0 puts its summaries in
     :attr:`observations` and prints a ``WARNING`` when a signal turns bad:
     an fp16 overflow, a weight update ratio above ``UPDATE_RATIO_WARNING``,
-    a rank whose step takes ``STRAGGLER_WARNING`` times the median in two
-    intervals in a row.
+    a rank whose compute or data wait exceeds the median rank's by more
+    than ``STRAGGLER_WARNING`` times the median step, in two intervals in a
+    row.
 
     Args:
         comm: the ChainerMN communicator (``rank``, ``size``, ``mpi_comm``).
@@ -287,7 +290,7 @@ class RunHealth(extension.Extension):
         self._census = None                    # elements, then fp16_census's 4 (on the device)
         self._steps = numpy.zeros(3)           # iterations, compute s, data wait s
         self._warned = set()
-        self._slow = None
+        self._slow = {}
 
     def attach(self, optimizer):
         if self.layers is not None:
@@ -355,15 +358,19 @@ class RunHealth(extension.Extension):
                 'or look at the warm-up (alpha_sgd, alpha_rmsprop)'.format(
                     fields['layers/update_ratio/max_at'], fields['layers/update_ratio/max'],
                     UPDATE_RATIO_WARNING))
-        step = fields.get('ranks/step_s/max', 0)
-        slow = (fields['ranks/step_s/slowest']
-                if step > STRAGGLER_WARNING * fields.get('ranks/step_s/median', step) else None)
-        # The same rank in two intervals in a row: a straggler, not a hiccup.
-        if slow is not None and slow == self._slow:
-            problems['ranks'] = (
-                'rank {} is a straggler: {:.3g} s per iteration in compute and data wait '
-                'against a median of {:.3g} s; every rank waits for it in the allreduce'
-                .format(fields['ranks/step_s/slowest'], step, fields['ranks/step_s/median']))
+        slow = {}
+        for key, what in (('compute_s', 'in compute (forward and backward)'),
+                          ('data_wait_s', 'waiting for data (its loader or filesystem)')):
+            top, median = fields.get('ranks/{}/max'.format(key), 0), fields.get(
+                'ranks/{}/median'.format(key), 0)
+            if top - median > STRAGGLER_WARNING * fields.get('ranks/step_s/median', 0):
+                slow[key] = rank = fields['ranks/{}/slowest'.format(key)]
+                # The same rank in two intervals in a row: a straggler, not a hiccup.
+                if self._slow.get(key) == rank:
+                    problems[key] = (
+                        'rank {} is a straggler: {:.3g} s per iteration {} against a median of '
+                        '{:.3g} s; every rank waits for it in the allreduce'.format(
+                            rank, top, what, median))
         self._slow = slow
         for key, text in problems.items():
             if key not in self._warned:
