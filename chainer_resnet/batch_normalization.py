@@ -127,6 +127,7 @@ class LastBatchNormalization(chainer.Link):
         # In place, so that anyone holding these arrays (e.g. an allreduce) sees the new values.
         self.mean[...] = mean
         self.var[...] = var
+        self.batch_size = x_array.shape[0]    # for the workers' agreement (BNStatisticsAllreduce)
         return F.batch_normalization(x, self.gamma, self.beta, eps=self.eps, axis=axis)
 
     def set_statistics(self, mean, var):
@@ -254,11 +255,32 @@ class BNStatisticsAllreduce(extension.Extension):
             the exact variance of the union of the workers' batches
             (mean of variances plus variance of means).
         virtual: the rank's virtual workers' statistics, or None (one worker).
+        observations (chainer_resnet.health.Observations or None): where rank
+            0 puts how far the workers' statistics were from their mean (below).
+
+    The workers' agreement (with ``observations``, once per iteration, before
+    the averaging, inside the same allreduce: it also sums the squares of the
+    workers' means and variances). For each BN link, with n the images of a
+    worker's batch, σ²_c the workers' mean variance of channel c and Var_w
+    the variance over the W = ranks x k workers:
+
+        bn/mean_spread = median_c sqrt(Var_w(mean_wc) / (σ²_c / n))
+        bn/var_spread  = median_c sqrt(Var_w(var_wc)) / σ²_c / sqrt(2 / n)
+
+    the spread of the workers' channel means and variances in units of what
+    sampling n images gives (the standard errors of the mean and of the
+    variance of n normal values, as if an image's pixels were one value:
+    its pixels are correlated). Workers that see the same data distribution
+    stay near or below 1; workers fed different data (shards sorted by
+    class, a broken augmentation on some nodes) go far above. The median
+    over the channels keeps a few near-constant channels from deciding. The
+    log gets min/median/max over the links and the link of the maximum
+    (``.../max_at``); TensorBoard every link.
     """
 
     priority = extension.PRIORITY_WRITER + 10   # before evaluator and snapshot
 
-    def __init__(self, comm, model, mode='mean', virtual=None):
+    def __init__(self, comm, model, mode='mean', virtual=None, observations=None):
         if mode not in ('mean', 'union'):
             raise ValueError("BN statistics mode must be 'mean' or 'union', "
                              'got {!r}'.format(mode))
@@ -266,14 +288,20 @@ class BNStatisticsAllreduce(extension.Extension):
         self.model = model
         self.mode = mode
         self.virtual = virtual
+        self.observations = observations
+        self._observed = None
 
     def __call__(self, trainer=None):
         links = bn_links(self.model)
         if not links:
             return
         k = self.virtual.k if self.virtual is not None else 1
+        iteration = trainer.updater.iteration if trainer is not None else None
+        # Once per iteration: a second call (the snapshot's) sees averaged statistics.
+        observe = (self.observations is not None and iteration is not None
+                   and iteration != self._observed)
         if self.comm.size * k > 1:
-            self._average(links, k)
+            self._average(links, k, iteration if observe else None)
         # The averaged statistics are the same on every rank: all stop together.
         bad = [name for name, link in self.model.namedlinks() if link in links
                and not (numpy.isfinite(_to_host(link.mean)).all()
@@ -283,7 +311,7 @@ class BNStatisticsAllreduce(extension.Extension):
                 trainer.updater.iteration if trainer is not None else -1,
                 'the worker-averaged BN statistics', bad)
 
-    def _average(self, links, k):
+    def _average(self, links, k, observe_at=None):
         if self.virtual is not None and self.virtual.complete:
             means, variances = self.virtual.stacked()           # (k, N): one row per worker
         else:
@@ -295,11 +323,22 @@ class BNStatisticsAllreduce(extension.Extension):
         second = variances + means ** 2 if self.mode == 'union' else variances
         # Sums over this rank's workers (k equal rows when none recorded), then over ranks.
         weight = k // len(means)
-        local = numpy.concatenate([means.sum(axis=0), second.sum(axis=0)]) * weight
+        sums = [means.sum(axis=0), second.sum(axis=0)]
+        if observe_at is not None:
+            sums += [(means ** 2).sum(axis=0), (variances ** 2).sum(axis=0)]
+        local = numpy.concatenate(sums) * weight
         total = numpy.empty_like(local)
         self.comm.mpi_comm.Allreduce(local, total)
-        avg_mean, avg_second = numpy.split(total / (self.comm.size * k), 2)
+        parts = numpy.split(total / (self.comm.size * k), len(sums))
+        avg_mean, avg_second = parts[:2]
         avg_var = avg_second - avg_mean ** 2 if self.mode == 'union' else avg_second
+        if observe_at is not None:
+            self._observed = observe_at
+            if self.comm.rank == 0:
+                mean_sq, var_sq = parts[2:]
+                # The workers' mean variance ('union' averaged var + mean**2).
+                var_mean = avg_second - mean_sq if self.mode == 'union' else avg_second
+                self._observe(links, observe_at, avg_mean, var_mean, mean_sq, var_sq)
         offset = 0
         for link in links:
             end = offset + link.mean.size
@@ -308,3 +347,26 @@ class BNStatisticsAllreduce(extension.Extension):
             offset = end
         if self.virtual is not None:
             self.virtual.clear()
+
+    def _observe(self, links, iteration, mean, var, mean_sq, var_sq):
+        """Put each link's spread of the workers' statistics (class docstring) in observations."""
+        from chainer_resnet import health
+        names = {id(link): name.lstrip('/') for name, link in self.model.namedlinks()}
+        spreads, offset = {'mean_spread': [], 'var_spread': []}, 0
+        for link in links:
+            end = offset + link.mean.size
+            n = getattr(link, 'batch_size', 1)
+            scale = var[offset:end] + link.eps
+            spread = numpy.maximum(mean_sq[offset:end] - mean[offset:end] ** 2, 0)
+            spreads['mean_spread'].append(numpy.median(numpy.sqrt(spread / scale * n)))
+            spread = numpy.maximum(var_sq[offset:end] - var[offset:end] ** 2, 0)
+            spreads['var_spread'].append(numpy.median(
+                numpy.sqrt(spread) / scale / numpy.sqrt(2 / n)))
+            offset = end
+        link_names = [names[id(link)] for link in links]
+        fields, complete = {}, {}
+        for key, values in spreads.items():
+            fields.update(health.summarise('bn/' + key, values, link_names))
+            complete.update({'bn/{}/{}'.format(key, name): float(v)
+                             for name, v in zip(link_names, values)})
+        self.observations.put(iteration, fields, complete)

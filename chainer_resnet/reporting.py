@@ -62,14 +62,33 @@ PLOTS = (('loss.png', ('main/loss', 'validation/main/loss')),
                            'validation/main/top5')))
 """Plots every run draws; ``lr.png`` adds the scheduled hyperparameters."""
 
+_SPREAD = ('min', 'median', 'max')
+HEALTH_PLOTS = (
+    ('fp16.png', ('fp16/overflow', 'fp16/underflow', 'fp16/flushed', 'fp16/range'), 'symlog'),
+    ('layers.png', tuple('layers/update_ratio/' + s for s in _SPREAD), 'log'),
+    ('ranks.png', tuple('ranks/{}/{}'.format(k, s) for k in ('compute_s', 'data_wait_s')
+                        for s in _SPREAD), 'linear'),
+    ('bn.png', tuple('bn/{}/{}'.format(k, s) for k in ('mean_spread', 'var_spread')
+                     for s in _SPREAD), 'log'))
+"""The health signals' plots (chainer_resnet.health; README.md, "Watching a run")."""
+
+HEALTH_PRINTED = ('fp16/overflow', 'layers/update_ratio/max')
+
 
 def extend_reporting(trainer, log_interval_iters, scheduled, plot_trigger, progress_bar=True,
-                     plot_interval_s=300):
-    """Rank 0's reporting: log, printed table, plots, progress bar.
+                     plot_interval_s=300, observations=None):
+    """Rank 0's reporting: log, printed table, plots, progress bar, TensorBoard.
 
     ``scheduled`` names the optimizer hyperparameters the schedules set
     (:attr:`chainer_resnet.schedules.RecipeSchedules.names`): each is
-    observed into the log, printed, and plotted in ``lr.png``. Plots are
+    observed into the log, printed, and plotted in ``lr.png`` (with the
+    RMSprop weight α_RMSprop beside α_SGD). ``observations``
+    (:class:`chainer_resnet.health.Observations`): the health signals'
+    summaries go into the next log entry, two of them are printed, and they
+    have plots of their own (:data:`HEALTH_PLOTS`); with tensorboardX
+    installed, every log entry and every signal's complete values also go
+    to a TensorBoard event file in the output folder
+    (:mod:`chainer_resnet.tensorboard`). Plots are
     drawn from the log at ``plot_trigger`` (the evaluation points and the end
     of a launch), at most every ``plot_interval_s`` seconds but always at the
     end: redrawing PNGs costs rank 0 time that every other rank waits for.
@@ -82,7 +101,13 @@ def extend_reporting(trainer, log_interval_iters, scheduled, plot_trigger, progr
     # Every log_interval_iters, and at the evaluation points and the end of
     # the launch, so that every evaluation and the last iteration are logged.
     log_trigger = triggers.EveryOrAt(log_interval_iters, trigger_module.get_trigger(plot_trigger))
-    trainer.extend(chainer_extensions.LogReport(trigger=log_trigger))
+    merge = None
+    if observations is not None:
+        def merge(entry):
+            entry.update(observations.pop_fields())
+    trainer.extend(chainer_extensions.LogReport(trigger=log_trigger, postprocess=merge))
+    if 'alpha_sgd' in scheduled:
+        scheduled = tuple(scheduled) + ('alpha_rmsprop',)
     for name in scheduled:
         if name == 'lr':
             trainer.extend(chainer_extensions.observe_lr(), trigger=log_trigger)
@@ -92,13 +117,20 @@ def extend_reporting(trainer, log_interval_iters, scheduled, plot_trigger, progr
                 trigger=log_trigger)
     keys = (['epoch', 'iteration', 'main/loss', 'main/accuracy', 'validation/main/loss',
              'validation/main/accuracy', 'validation/main/top5'] + list(scheduled)
+            + list(HEALTH_PRINTED if observations is not None else ())
             + ['perf/images_per_sec', 'elapsed_time'])
     trainer.extend(ResumablePrintReport(keys), trigger=log_trigger)
-    plots = PLOTS + (('lr.png', tuple(scheduled)),)
+    plots = PLOTS + (('lr.png', tuple(scheduled), 'log'),)
+    if observations is not None:
+        plots += HEALTH_PLOTS
     trainer.extend(LogPlots(plots, min_interval_s=plot_interval_s), trigger=plot_trigger)
     if progress_bar and sys.stdout.isatty():
         trainer.extend(chainer_extensions.ProgressBar(update_interval=1))
-    return [file_name for file_name, _ in plots]
+    from chainer_resnet import tensorboard
+    events = tensorboard.TensorBoardLog.create(trainer.out, observations)
+    if events is not None:
+        trainer.extend(events, trigger=log_trigger)
+    return [plot[0] for plot in plots]
 
 
 class LogPlots(extension.Extension):
@@ -110,7 +142,9 @@ class LogPlots(extension.Extension):
     evaluation points and at the end of every launch; the end of a launch always draws.
 
     Args:
-        plots: ``[(file name, keys)]``; x is the iteration.
+        plots: ``[(file name, keys)]`` or ``[(file name, keys, y scale)]``
+            (a Matplotlib scale: ``'linear'``, ``'log'``, ``'symlog'``); x is
+            the iteration.
         min_interval_s (float): the least time between two drawings.
         log_report (str): the name of the LogReport extension.
     """
@@ -118,7 +152,8 @@ class LogPlots(extension.Extension):
     priority = extension.PRIORITY_READER - 10   # after LogReport at the same iteration
 
     def __init__(self, plots, min_interval_s=300, log_report='LogReport'):
-        self.plots = [(name, tuple(keys)) for name, keys in plots]
+        self.plots = [(plot[0], tuple(plot[1]), plot[2] if len(plot) > 2 else 'linear')
+                      for plot in plots]
         self.min_interval_s = min_interval_s
         self.log_report = log_report
         self._last = None
@@ -136,13 +171,15 @@ class LogPlots(extension.Extension):
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
-        for file_name, keys in self.plots:
+        for file_name, keys, scale in self.plots:
             figure, axes = plt.subplots()
             for key in keys:
                 points = [(entry['iteration'], entry[key]) for entry in log if key in entry]
                 if points:
                     x, y = zip(*points)
                     axes.plot(x, y, marker='x', label=key)
+            # symlog: fractions that are often exactly 0 (fp16 overflow) stay visible.
+            axes.set_yscale(scale, **({'linthresh': 1e-6} if scale == 'symlog' else {}))
             axes.set_xlabel('iteration')
             axes.grid(True)
             if axes.has_data():

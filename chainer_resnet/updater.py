@@ -15,6 +15,7 @@ import chainer.links as L
 from chainer.dataset import convert
 from chainer.training import updaters
 
+from chainer_resnet import health as health_module
 from chainer_resnet.data.layouts import DatasetError
 
 
@@ -56,6 +57,12 @@ class TimedUpdater(updaters.StandardUpdater):
     was queued, and its device time would be counted wherever the host next
     waits for the device (the next batch's copy, or an extension).
 
+    With ``health`` (a :class:`~chainer_resnet.health.RunHealth`) the step
+    also tells it, every iteration, this rank's data wait and its compute up
+    to the allreduce (on the device's timeline: CUDA events, no extra
+    synchronisation), and, at its interval, hands it the rank's own
+    gradients just before the allreduce.
+
     Args:
         iterator, optimizer: as for ``StandardUpdater``.
         workers (int): ranks (for the global images per second).
@@ -63,16 +70,19 @@ class TimedUpdater(updaters.StandardUpdater):
         bn_statistics (VirtualWorkerStatistics or None): where each worker's
             BN statistics are kept.
         joint_bn (bool): the negative control above.
+        health (RunHealth or None): the run's health signals.
     """
 
     def __init__(self, iterator, optimizer, workers=1, virtual_workers=1, bn_statistics=None,
-                 joint_bn=False, **kwargs):
+                 joint_bn=False, health=None, **kwargs):
         super().__init__(iterator, optimizer, **kwargs)
         self.failed = None
         self.workers = workers
         self.virtual_workers = int(virtual_workers)
         self.bn_statistics = bn_statistics
         self.joint_bn = joint_bn
+        self.health = health
+        self._clock = None
         self._running = None
         self._last_end = None
 
@@ -96,6 +106,11 @@ class TimedUpdater(updaters.StandardUpdater):
             if self._running is None:        # the model's BN links, found once
                 self._running = _RunningAverages(target)
             running = self._running
+        health = self.health
+        if health is not None:
+            if self._clock is None:
+                self._clock = health_module.DeviceClock(target.device.xp)
+            computing = self._clock.mark()
         target.cleargrads()
         try:
             observations = self._forward_backward(parts, loss_func, optimizer, running)
@@ -108,10 +123,17 @@ class TimedUpdater(updaters.StandardUpdater):
             observations = [{}]
             for param in target.params():
                 param.grad = param.device.xp.zeros_like(param.array)
+        if health is not None:
+            computed = self._clock.mark()
+            if health.due(self.iteration + 1):
+                health.before_allreduce(target)      # this rank's own gradients
         optimizer.update()        # the multi-node wrapper: mean over ranks, then the update
         _report_mean(observations)
         self._synchronize(optimizer)
         end = time.perf_counter()
+        if health is not None:
+            health.after_update()
+            health.record_step(loaded - start, self._clock.seconds(computing, computed))
         images = len(batch) * self.workers
         wall = end - (self._last_end if self._last_end is not None else start)
         chainer.report({

@@ -312,3 +312,62 @@ def test_bn_statistics_check_stops_on_non_finite_averaged_statistics():
     trainer = types.SimpleNamespace(updater=types.SimpleNamespace(iteration=7))
     with pytest.raises(TrainingDiverged, match=r'iteration 7: .*BN statistics.*\(first: /1\)'):
         sync(trainer)
+
+
+# --- the workers' agreement, measured inside the statistics allreduce --------------------
+
+class _OneRankZero:
+    size, rank = 1, 0
+
+    class mpi_comm:
+        @staticmethod
+        def Allreduce(send, recv):
+            recv[...] = send
+
+
+def _agreement(batches, mode='mean'):
+    """BNStatisticsAllreduce's agreement fields for one rank of len(batches) virtual workers."""
+    import types
+    from chainer_resnet import health
+    from chainer_resnet.batch_normalization import VirtualWorkerStatistics
+    model = chainer.Sequential(LastBatchNormalization(3))
+    stats = VirtualWorkerStatistics(model, len(batches))
+    with chainer.using_config('train', True):
+        for j, x in enumerate(batches):
+            model(x)
+            stats.record(j)
+    observations = health.Observations()
+    sync = BNStatisticsAllreduce(_OneRankZero(), model, mode=mode, virtual=stats,
+                                 observations=observations)
+    trainer = types.SimpleNamespace(updater=types.SimpleNamespace(iteration=5))
+    sync(trainer)
+    fields = observations.pop_fields()
+    sync(trainer)                       # the snapshot's call at the same iteration: not measured
+    assert observations.pop_fields() == {}
+    return fields, observations.pop_records()
+
+
+@pytest.mark.parametrize('mode', ['mean', 'union'])
+def test_workers_bn_statistics_agreement_is_their_spread_around_the_mean(mode):
+    rng = numpy.random.default_rng(0)
+    # Four workers of 64 images; the last one sees data shifted by 3 standard deviations
+    # in channels 0 and 1.
+    batches = [rng.normal(0, 2, size=(64, 3)).astype(numpy.float32) for _ in range(4)]
+    batches[3][:, :2] += 6
+    fields, records = _agreement(batches, mode)
+    means = numpy.stack([x.mean(axis=0) for x in batches])
+    variances = numpy.stack([x.var(axis=0) for x in batches])
+    eps, n = 2e-5, 64
+    sigma2 = variances.mean(axis=0) + eps
+    expected_mean = numpy.median(numpy.sqrt(means.var(axis=0) / (sigma2 / n)))
+    expected_var = numpy.median(numpy.sqrt(variances.var(axis=0)) / sigma2 / numpy.sqrt(2 / n))
+    assert fields['bn/mean_spread/max'] == pytest.approx(expected_mean, rel=1e-5)
+    assert fields['bn/var_spread/max'] == pytest.approx(expected_var, rel=1e-5)
+    assert fields['bn/mean_spread/max_at'] == '0'
+    assert records == [(5, {'bn/mean_spread/0': fields['bn/mean_spread/max'],
+                            'bn/var_spread/0': fields['bn/var_spread/max']})]
+    assert fields['bn/mean_spread/max'] > 5
+    # Negative control: the same workers without the shift agree as sampling says.
+    batches[3][:, :2] -= 6
+    control, _ = _agreement(batches, mode)
+    assert control['bn/mean_spread/max'] < 2 and control['bn/var_spread/max'] < 2

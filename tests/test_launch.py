@@ -120,6 +120,15 @@ def test_killed_run_resumes_and_equals_an_uninterrupted_run(tmp_path, data_cache
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
         numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The TensorBoard events: the killed launch's steps after its snapshot were dropped at
+    # the resume, so every logged step is in the files once (chainer_resnet.tensorboard).
+    tensorboard = pytest.importorskip('chainer_resnet.tensorboard')
+    pytest.importorskip('tensorboardX')
+    from tensorboardX.proto.event_pb2 import Event
+    steps = [Event.FromString(data).step for path in tensorboard.event_files(str(out))
+             for data in tensorboard.read_records(path)
+             if any(v.tag == 'main/loss' for v in Event.FromString(data).summary.value)]
+    assert sorted(steps) == iterations
 
 
 def test_world_size_guard_stops_a_mismatched_launch(tmp_path, data_cache):
