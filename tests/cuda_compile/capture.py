@@ -5,7 +5,8 @@ trainer itself: ``train_imagenet.main`` with ``--device gpu`` on the smoke
 recipe for one iteration and the evaluation after it (ResNet-50 without cuDNN,
 LastBatchNormalization, the uint8 normalisation on the device, RMSpropWarmup
 with the weight-decay hook, ChainerMN's ``pure_nccl`` communicator with the fp16
-allreduce, the BN-statistics allreduce, the exact evaluator). Then the paths a
+allreduce, the BN-statistics allreduce, the exact evaluator, the health signals at
+their interval). Then the paths a
 training step of another configuration takes: RMSpropWarmup's update in
 float16 and float64, and the fp32 allreduce (``allreduce_grad_dtype=None``).
 
@@ -42,6 +43,9 @@ EXPECTED = {
     'bn_fwd': None, 'bn_bwd': None, 'relu_bwd': None,
     'crossent_fwd': None, 'softmax_crossent_bwd': None,
     'softmax_crossent_no_reduce_fwd': None,             # the evaluator's per-image loss
+    # the health signals at their interval (fp16 census, per-layer norms, BN agreement)
+    'health_count_between': None, 'health_abs_max': None,
+    'health_sum_of_squares': None, 'health_sum_of_squared_differences': None,
 }
 
 
@@ -58,6 +62,8 @@ def train_one_step(out):
     train_imagenet.main([
         '--recipe', 'smoke', '--device', 'gpu', '--out', out, '--loaderjobs', '0',
         '--no-progress', '--stop-after-iters', '1',
+        # the health signals (chainer_resnet/health.py) at this iteration too
+        '--health-interval', '1',
         # one iteration per epoch: the evaluation after epoch 1 runs at iteration 1
         '--set', 'train_subset=8', '--set', 'train_images=8', '--set', 'val_subset=8'])
 

@@ -27,6 +27,7 @@ stand-in lacks fails loudly (AttributeError naming it), never silently.
 import ctypes
 import json
 import sys
+import time
 import types
 
 import numpy
@@ -255,11 +256,21 @@ Stream.null = Stream(null=True)
 
 
 class Event:
+    """A CUDA event: on meta-CuPy the host clock when it was recorded."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.time = None
+
     def record(self, stream=None):
-        pass
+        self.time = time.perf_counter()
 
     def synchronize(self):
         pass
+
+
+def _elapsed_ms(start, stop):
+    """``cupy.cuda.get_elapsed_time``: milliseconds between two recorded events."""
+    return 1000.0 * (stop.time - start.time)
 
 
 class _MemoryPool:
@@ -347,6 +358,7 @@ def install():
     cuda.Device, cuda.Stream, cuda.Event = Device, Stream, Event
     cuda.MemoryPointer, cuda.alloc = MemoryPointer, alloc
     cuda.get_current_stream = lambda device_id=-1: Stream.null
+    cuda.get_elapsed_time = _elapsed_ms
     cuda.set_allocator = lambda allocator=None: None
     cuda.alloc_pinned_memory = _unsupported('cupy.cuda.alloc_pinned_memory')
     runtime = types.ModuleType('cupy.cuda.runtime')
