@@ -273,9 +273,15 @@ class TrainTransform(_Output):
 class ValTransform(_Output):
     """Resize the shorter side, centre crop, normalise (evaluation).
 
-    The shorter side becomes ``round(crop_size * resize_ratio)`` (256 for
-    224 crops), bilinear, keeping the aspect ratio; then the centre
-    ``crop_size`` squared is cut out. Deterministic.
+    The shorter side becomes ``short = round(crop_size * resize_ratio)``
+    (256 for 224 crops), bilinear; the longer side ``int(short * long /
+    shorter)`` (truncated); then the centre ``crop_size`` squared is cut
+    out at offset ``round((side - crop_size) / 2)`` (Python's round, half to
+    even). The rounding is torchvision's ``Resize(256)`` + ``CenterCrop(224)``
+    (and ChainerCV's ``scale`` + ``center_crop``), so on the same PIL image
+    the crop is pixel for pixel theirs: published torchvision numbers can be
+    checked with this evaluator (benchmarks/README.md, "Validation resize
+    rounding", measured it; tests/test_reference.py checks it). Deterministic.
 
     Args:
         crop_size (int): output height and width.
@@ -300,15 +306,17 @@ class ValTransform(_Output):
     def __call__(self, image, rng=None):
         _check_image(image)
         height, width = _height_width(image)
+        size = self.resized_size(height, width)
+        out = _resize(_rgb(image), size)
+        top, left = (int(round((side - self.crop_size) / 2)) for side in size)
+        return self._output(_crop(out, top, left, self.crop_size))
+
+    def resized_size(self, height, width):
+        """``(height, width)`` of the image after the resize, before the crop."""
         short = int(round(self.crop_size * self.resize_ratio))
         if height <= width:
-            size = (short, max(short, int(round(width * short / height))))
-        else:
-            size = (max(short, int(round(height * short / width))), short)
-        out = _resize(_rgb(image), size)
-        top = (size[0] - self.crop_size) // 2
-        left = (size[1] - self.crop_size) // 2
-        return self._output(_crop(out, top, left, self.crop_size))
+            return short, int(short * width / height)
+        return int(short * height / width), short
 
 
 class _PreResized(_Output):
