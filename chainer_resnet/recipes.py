@@ -44,6 +44,10 @@ class Recipe:
     # paper's tool); 'union' gives the exact variance of the global batch.
     bn_stats_average: str = 'mean'
     num_classes: int = 1000
+    # Start from the weights of this model file (--init-model: model.npz,
+    # snapshot or torchvision state dict) instead of the initialisation; the
+    # classifier keeps its initialisation when num_classes differs.
+    init_model: typing.Optional[str] = None
 
     # --- data (§4) ----------------------------------------------------------
     # Size of the training set the recipe was written for; the trainer
@@ -363,6 +367,8 @@ def _parse_value(field, text):
         return float(text)
     if field.type in (str, 'str'):
         return text
+    if field.name == 'init_model':
+        return None if text.lower() in ('none', '') else text
     if field.name in ('expected_workers', 'train_subset', 'val_subset'):
         return None if text.lower() in ('none', '') else int(text)
     # Tuples: comma-separated numbers.
