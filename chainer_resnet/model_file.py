@@ -181,9 +181,12 @@ def read(path, recipe=None):
                                      path, description['format'], FORMAT))
         return arrays, description
     if snapshots.META_RECIPE in arrays:
-        snapshot_recipe = recipe_from_dict(json.loads(str(arrays[snapshots.META_RECIPE])))
+        description = describe(recipe_from_dict(json.loads(str(
+            arrays[snapshots.META_RECIPE]))))
+        if 'updater/iteration' in arrays:
+            description['iteration'] = int(arrays['updater/iteration'])
         return ({name[len(SNAPSHOT_PREFIX):]: value for name, value in arrays.items()
-                 if name.startswith(SNAPSHOT_PREFIX)}, describe(snapshot_recipe))
+                 if name.startswith(SNAPSHOT_PREFIX)}, description)
     if 'conv1/W' not in arrays:
         raise ModelFileError('{} holds no ResNet-50 (no conv1/W entry); pass a model.npz or '
                              'a snapshot_iter_<N>.0 of a run.'.format(path))

@@ -63,7 +63,7 @@ def main(argv=None):
     p.add_argument('--top', type=int, default=5, help='classes per image (default 5)')
     p.add_argument('--crops', type=int, choices=(1, 10), default=1)
     p.add_argument('--batch', type=int, default=32)
-    p.add_argument('--device', default='cpu', help="'cpu' or a GPU id")
+    p.add_argument('--device', default='cpu', help="'cpu', 'gpu' (GPU 0) or a GPU id")
     p.add_argument('--json', action='store_true', help='one JSON object per image')
     p.add_argument('--recipe-json', help='the run\'s recipe.json, for a model.npz written '
                    'before model files described themselves')
@@ -73,8 +73,8 @@ def main(argv=None):
     if args.top < 1 or args.batch < 1:
         p.error('--top and --batch must be >= 1')
     try:
-        device = chainer.get_device('@numpy' if args.device == 'cpu'
-                                    else '@cupy:{}'.format(int(args.device)))
+        device = chainer.get_device('@numpy' if args.device == 'cpu' else '@cupy:{}'.format(
+            0 if args.device == 'gpu' else int(args.device)))
         model = model_file.load(args.model, evaluate.given_recipe(args))
         results = predict(model, args.images, top=args.top, crops=args.crops,
                           batch=args.batch, device=device)
