@@ -17,13 +17,16 @@
   (``pip install chainer_resnet[export]``).
 - ``from-torchvision``: a described ``model.npz`` (BN eps 1e-5, torchvision's
   preprocessing) that ``evaluate``, ``predict`` and ``--init-model`` read;
-  ``--classes`` names the classes (one per line, in label order).
+  ``--classes`` names the classes (one per line, in label order). A
+  ``STATE.json`` beside the file (what ``torchvision`` export writes) gives
+  the description back: a round trip returns the model as it was.
 
 Every command prints what it wrote; a user error is one ``error:`` line and exit 2.
 """
 
 import argparse
 import json
+import os
 import sys
 
 import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
@@ -64,16 +67,21 @@ def from_torchvision(state_path, out, variant='v1.5', classes_path=None):
     if classes_path:
         with open(classes_path, encoding='utf-8') as f:
             classes = [line.strip() for line in f if line.strip()]
+    base = None
+    if os.path.exists(state_path + '.json'):     # written by our export: the description
+        with open(state_path + '.json', encoding='utf-8') as f:
+            base = json.load(f)
     arrays, description = torchvision_weights.read(state_path, variant=variant,
-                                                   classes=classes)
+                                                   classes=classes, base=base)
     n = description['architecture']['num_classes']
     if classes is not None and len(classes) != n:
         raise model_file.ModelFileError('{} names {} classes, the weights have {}'.format(
             classes_path, len(classes), n))
     predictor = model_file.from_arrays(arrays, description, state_path)
     model_file.save(out, predictor, description)
-    return '{}: ResNet-50 {}, {} classes, BN eps {} (from {})'.format(
-        out, variant, n, description['architecture']['bn_eps'], state_path)
+    return '{}: ResNet-50 {}, {} classes, BN eps {} (from {}{})'.format(
+        out, description['architecture']['variant'], n, description['architecture']['bn_eps'],
+        state_path, '; description from {}.json'.format(state_path) if base else '')
 
 
 def main(argv=None):

@@ -344,6 +344,14 @@ SMOKE = scaled_schedule(
 RECIPES = {r.name: r for r in (AKIBA2017, GOYAL2017, DEMO, SMOKE)}
 
 
+def filled(values):
+    """A recipe dict (a run's recipe.json) with the fields added since it was written at
+    their defaults, so that a run made before a field existed continues unchanged."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Recipe)
+                if f.default is not dataclasses.MISSING}
+    return dict(json.loads(json.dumps(defaults)), **values)
+
+
 def get(name):
     """The recipe called `name` (case-insensitive)."""
     try:

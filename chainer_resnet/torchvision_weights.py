@@ -172,11 +172,13 @@ def read_state(path):
             for name, value in state.items()}
 
 
-def read(path, variant='v1.5', classes=None):
+def read(path, variant='v1.5', classes=None, base=None):
     """``(arrays, description)`` of a torchvision ResNet-50 state dict file.
 
     The description: BN eps 1e-5, ImageNet preprocessing (shorter side 256,
-    centre 224, ImageNet mean/std: torchvision's), the classes as given.
+    centre 224, ImageNet mean/std: torchvision's), the classes as given; or,
+    with ``base`` (the description our export wrote beside the file), that
+    one with BN eps 1e-5: an exported model comes back as it was.
     """
     from chainer_resnet import model_file, recipes
     try:
@@ -187,12 +189,18 @@ def read(path, variant='v1.5', classes=None):
     if 'fc.weight' not in state:
         raise model_file.ModelFileError('{} is not a torchvision resnet50 state dict (no '
                                         'fc.weight)'.format(path))
-    recipe = dataclasses.replace(recipes.AKIBA2017, name='torchvision',
-                             num_classes=int(state['fc.weight'].shape[0]),
-                             resnet_variant=variant, expected_workers=None)
-    description = model_file.describe(
-        recipe, classes=classes, bn_eps=TORCHVISION_BN_EPS,
-        bn_statistics='torchvision running averages (imported from {})'.format(path))
+    statistics = 'torchvision running statistics (imported from {})'.format(path)
+    if base is not None:
+        description = dict(base, bn_statistics=statistics, architecture=dict(
+            base['architecture'], bn_eps=TORCHVISION_BN_EPS))
+        if classes is not None:
+            description['classes'] = classes
+    else:
+        recipe = dataclasses.replace(recipes.AKIBA2017, name='torchvision',
+                                     num_classes=int(state['fc.weight'].shape[0]),
+                                     resnet_variant=variant, expected_workers=None)
+        description = model_file.describe(recipe, classes=classes,
+                                          bn_eps=TORCHVISION_BN_EPS, bn_statistics=statistics)
     try:
         arrays = from_torchvision(state, description['architecture'])
     except ValueError as e:

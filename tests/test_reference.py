@@ -274,6 +274,13 @@ def test_exported_trained_model_through_the_command(tmp_path, photo_batch):
         None, {'input': photo_batch})[0]
     for got in (by_torch, by_onnx):
         assert numpy.abs(got - expected).max() / numpy.abs(expected).max() < 1e-4
+    # And back: the description written beside the export returns with it (eps 1e-5).
+    assert export.main(['from-torchvision', str(tmp_path / 'm.safetensors'),
+                        str(tmp_path / 'back.npz')]) == 0
+    back = model_file.load(str(tmp_path / 'back.npz'))
+    assert back.recipe == recipe and back.description['architecture']['bn_eps'] == 1e-5
+    got = eval_logits(back.predictor, photo_batch)
+    assert numpy.abs(got - expected).max() / numpy.abs(expected).max() < 1e-4
 
 
 # --- evaluation geometry ----------------------------------------------------------------
