@@ -1,15 +1,15 @@
 #!/usr/bin/env python
-"""How much the validation resize rounding matters: the rule before against torchvision's.
+"""How much the validation resize rounding matters: ours ('round') against torchvision's.
 
     python benchmarks/val_rounding.py [--count 512]
 
 On the benchmark photographs (benchmarks/photos.py, ImageNet's spread of
 sizes), the centre crop of ``ValTransform`` (shorter side 256, crop 224) by
 
-- the rule before: longer side ``round(256 * long / short)``, offsets
-  ``floor((side - 224) / 2)``;
-- the rule now (torchvision's ``Resize`` + ``CenterCrop``, ChainerCV's
-  ``scale`` + ``center_crop``): longer side truncated, offsets rounded;
+- ``rounding='round'`` (the default): longer side ``round(256 * long / short)``,
+  offsets ``floor((side - 224) / 2)``;
+- ``rounding='torchvision'`` (torchvision's ``Resize`` + ``CenterCrop``,
+  ChainerCV's ``scale`` + ``center_crop``): longer side truncated, offsets rounded;
 
 and prints how many images get another resized size, another offset, and
 other pixels, with the size of the pixel differences.
@@ -44,7 +44,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     found = photos.photo_set(count=args.count, seed=0)
     now = transforms.ValTransform(224, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD,
-                                  normalize=False)
+                                  normalize=False, rounding='torchvision')
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(found.train_dir)
                    for f in files)
     sizes = offsets = differ = 0

@@ -98,13 +98,17 @@ def _iterator(dataset, batch, loaderjobs, sampler=None):
 
 def evaluate(model, comm, device, *, crops=1, bn='stored', bn_batches=10, val=None,
              train=None, root=None, data_cache=None, val_subset='recipe', batch=None,
-             loaderjobs=0):
+             loaderjobs=0, rounding=None):
     """The result dict of one evaluation of ``model`` (a :class:`model_file.Model`) on every rank.
 
     ``val``/``train``/``root`` default to the data the model file records;
-    ``val_subset`` to the recipe's (``None``: every image).
+    ``val_subset`` to the recipe's (``None``: every image); ``rounding`` (the
+    validation resize's) to the recipe's.
     """
     recipe = model.recipe
+    # The run's final evaluation is comparable when the images and their geometry are its.
+    comparable = (val is None and val_subset == 'recipe'
+                  and rounding in (None, recipe.val_resize_rounding))
     data = model.description.get('data')
     if val is None and data is not None:
         val, root = data.get('val'), root or data.get('root')
@@ -118,7 +122,8 @@ def evaluate(model, comm, device, *, crops=1, bn='stored', bn_batches=10, val=No
     train = None if train == 'demo' or val is None else train
     if val_subset != 'recipe':
         recipe = dataclasses.replace(recipe, val_subset=val_subset)
-    recipe = dataclasses.replace(recipe, virtual_workers_per_rank=1)
+    recipe = dataclasses.replace(recipe, virtual_workers_per_rank=1,
+                                 val_resize_rounding=rounding or recipe.val_resize_rounding)
     batch = batch or recipe.batch_per_worker
     if bn == 'reestimate':
         if train is None and val is not None:
@@ -133,7 +138,8 @@ def evaluate(model, comm, device, *, crops=1, bn='stored', bn_batches=10, val=No
             raise model_file.ModelFileError('--crops 10 needs a model evaluated with a '
                                             'shorter-side resize (augmentation=random_resized)')
         transform = ten_crop.TenCropTransform(recipe.crop_size, recipe.mean, recipe.std,
-                                              normalize=False)
+                                              normalize=False,
+                                              rounding=recipe.val_resize_rounding)
         target = CropAverage(model.predictor)
     else:
         transform = transforms.from_recipe(recipe, normalize=False)[1]
@@ -162,8 +168,9 @@ def evaluate(model, comm, device, *, crops=1, bn='stored', bn_batches=10, val=No
             'loss': float(result['validation/main/loss']),
             'crops': crops, 'bn': bn, 'bn_batches_per_worker': bn_batches if bn != 'stored'
             else None, 'ranks': comm.size, 'val': val or 'demo', 'val_subset': recipe.val_subset,
-            'batch': batch, 'seconds': round(time.time() - started, 2),
-            'run_final': model.description.get('validation')}
+            'batch': batch, 'rounding': recipe.val_resize_rounding,
+            'seconds': round(time.time() - started, 2),
+            'run_final': model.description.get('validation') if comparable else None}
 
 
 def summary(result):
@@ -204,6 +211,9 @@ def parse_args(argv):
                    '(default: what the run evaluated)')
     p.add_argument('--batch', type=int, help='images per batch and rank (default: the '
                    'run\'s per-worker batch)')
+    p.add_argument('--rounding', choices=('round', 'torchvision'),
+                   help='the validation resize\'s rounding (default: the model\'s recipe\'s; '
+                   'transforms.ValTransform)')
     p.add_argument('--device', default='cpu', help="'cpu', 'gpu' or a GPU id")
     p.add_argument('--loaderjobs', type=int, default=0, help='loader processes per rank')
     p.add_argument('--json', help='where rank 0 writes the result (default: beside MODEL)')
@@ -262,7 +272,7 @@ def main(argv=None):
                           bn_batches=args.bn_batches, val=args.val, train=args.train,
                           root=args.root, data_cache=args.data_cache,
                           val_subset=args.val_subset, batch=args.batch,
-                          loaderjobs=args.loaderjobs)
+                          loaderjobs=args.loaderjobs, rounding=args.rounding)
     except USER_ERRORS as e:
         collective = getattr(e, 'collective_rank', None)
         if not collective:

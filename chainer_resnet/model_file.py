@@ -107,7 +107,10 @@ def preprocessing(recipe):
         resize = {'resize': 'square', 'resize_size': recipe.pre_resize_size}
     else:
         resize = {'resize': 'shorter_side',
-                  'resize_size': int(round(recipe.crop_size * 256 / 224))}
+                  'resize_size': int(round(recipe.crop_size * 256 / 224)),
+                  'rounding': {'round': 'longer side round(), crop offset floor()',
+                               'torchvision': 'longer side int(), crop offset round() '
+                               '(torchvision)'}[recipe.val_resize_rounding]}
     return dict(resize, crop='centre', crop_size=recipe.crop_size,
                 interpolation='bilinear (PIL)', mean=list(recipe.mean), std=list(recipe.std),
                 input='RGB, NCHW float32, (pixel / 255 - mean) / std')
@@ -197,7 +200,9 @@ def read(path, recipe=None):
         raise ModelFileError(
             '{} does not describe itself (written before model files carried their '
             'architecture, classes and preprocessing). Pass the run\'s recipe: --recipe-json '
-            'RECIPE_JSON{}, or --recipe NAME with the run\'s --set values.'.format(path, hint))
+            'RECIPE_JSON{}, or --recipe NAME with the run\'s --set values; or launch the '
+            'finished run\'s command again: it rewrites model.npz with the description.'
+            .format(path, hint))
     return arrays, describe(recipe)
 
 

@@ -29,7 +29,8 @@ def predict(model, paths, top=5, crops=1, batch=32, device=None):
     """``[(path, [(class name, label, probability), ...])]`` for each image, best first."""
     recipe = model.recipe
     if crops == 10:
-        transform = ten_crop.TenCropTransform(recipe.crop_size, recipe.mean, recipe.std)
+        transform = ten_crop.TenCropTransform(recipe.crop_size, recipe.mean, recipe.std,
+                                              rounding=recipe.val_resize_rounding)
         target = evaluate.CropAverage(model.predictor)
     else:
         transform = transforms.from_recipe(recipe)[1]

@@ -198,7 +198,8 @@ def read(path, variant='v1.5', classes=None, base=None):
     else:
         recipe = dataclasses.replace(recipes.AKIBA2017, name='torchvision',
                                      num_classes=int(state['fc.weight'].shape[0]),
-                                     resnet_variant=variant, expected_workers=None)
+                                     resnet_variant=variant, expected_workers=None,
+                                     val_resize_rounding='torchvision')
         description = model_file.describe(recipe, classes=classes,
                                           bn_eps=TORCHVISION_BN_EPS, bn_statistics=statistics)
     try:

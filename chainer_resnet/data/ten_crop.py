@@ -1,7 +1,7 @@
 """Ten-crop evaluation: the four corners and the centre, and their mirror images.
 
 :class:`TenCropTransform` resizes as :class:`~chainer_resnet.data.transforms.ValTransform`
-does (shorter side ``round(crop_size * resize_ratio)``) and returns the ten
+does (shorter side ``round(crop_size * resize_ratio)``, its ``rounding``) and returns the ten
 crops of Krizhevsky et al. (2012) in torchvision's ``TenCrop`` order: top-left,
 top-right, bottom-left, bottom-right, centre, then the same five of the
 mirrored image; shape (10, 3, crop, crop). A model's ten outputs are then
@@ -28,7 +28,7 @@ class TenCropTransform(transforms.ValTransform):
         size = self.resized_size(height, width)
         out = transforms._resize(transforms._rgb(image), size)
         c = self.crop_size
-        centre = tuple(int(round((side - c) / 2)) for side in size)
+        centre = self.offsets(size)
         boxes = [(0, 0), (0, size[1] - c), (size[0] - c, 0), (size[0] - c, size[1] - c),
                  centre]
         crops = [self._output(transforms._crop(out, top, left, c), flip=flip)
