@@ -281,9 +281,9 @@ def main(argv=None):
             communication.abort_if_distributed(2)
         return 2
     if comm.rank == 0:
-        path = args.json or '{}.eval-{}-{}.json'.format(
+        path = args.json or '{}.eval-{}-{}{}.json'.format(
             os.path.splitext(args.model)[0], 'centre' if args.crops == 1 else '10crop',
-            args.bn)
+            args.bn, '-' + args.rounding if args.rounding else '')
         with open(path, 'w', encoding='utf-8') as f:
             json.dump(result, f, indent=2, sort_keys=True)
         print(summary(result))
