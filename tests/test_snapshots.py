@@ -161,3 +161,21 @@ def test_non_finite_state_is_never_written(tiny_trainer, tmp_path):
             trainer.run()
             ext.wait()          # the thread writer reports at the next snapshot or wait()
         assert snapshots.list_snapshots(str(tmp_path / writer)) == []
+
+
+def test_a_field_added_since_the_run_counts_at_its_default():
+    current = json.loads(recipes.DEMO.to_json())
+    older = {k: v for k, v in current.items() if k != 'init_model'}   # before the field
+    assert snapshots.recipe_differences(older, current) == []
+    changed = dict(current, init_model='/runs/a/model.npz')
+    assert snapshots.recipe_differences(older, changed) == [
+        "init_model: None -> '/runs/a/model.npz'"]
+    # And recipe.json of such a run is the same recipe (a relaunch continues it).
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        with open(os.path.join(out, 'recipe.json'), 'w') as f:
+            json.dump(older, f)
+        snapshots.keep_recipe(out, recipes.DEMO, allow_change=False)
+        with pytest.raises(snapshots.SnapshotError, match='init_model'):
+            snapshots.keep_recipe(out, recipes.replace(recipes.DEMO, init_model='x'),
+                                  allow_change=False)

@@ -283,8 +283,10 @@ def _train(out, data_cache, ranks, *extra, script='train_imagenet.py'):
 
 
 def _load(path):
+    # The model file's description (a JSON string) names each run's own recipe.
+    from chainer_resnet.model_file import META_KEY
     with numpy.load(str(path)) as f:
-        return {key: f[key] for key in f.files}
+        return {key: f[key] for key in f.files if key != META_KEY}
 
 
 def _snapshot(out):

@@ -22,9 +22,10 @@ from chainer_resnet.communication import print0
 from chainer_resnet.data import demo, layouts, loader, preparation, sampling, transforms
 
 Data = collections.namedtuple(
-    'Data', 'train_base val_base train_ids val_ids train_local val_local train_shards')
+    'Data', 'train_base val_base train_ids val_ids train_local val_local train_shards classes')
 Data.__doc__ = """The datasets (``*_base``), the indices the recipe uses (``*_ids``), this
-rank's indices (``*_local``) and its virtual workers' training shards."""
+rank's indices (``*_local``), its virtual workers' training shards, and the class names
+in label order (class folders; the demo's digits; None for list files)."""
 
 
 def open_data(comm, recipe, train=None, val=None, root=None, data_cache=None):
@@ -58,7 +59,27 @@ def open_data(comm, recipe, train=None, val=None, root=None, data_cache=None):
     val_local = sampling.scatter_indices(val_ids, comm.size, comm.rank, equal=False)
     train_base.check_files(numpy.unique(train_local))
     val_base.check_files(val_local)
-    return Data(train_base, val_base, train_ids, val_ids, train_local, val_local, train_shards)
+    classes = getattr(train_base, 'classes', None)
+    if train is None:           # the demo's list files: label k is the digit k
+        classes = [str(label) for label in range(recipe.num_classes)]
+    return Data(train_base, val_base, train_ids, val_ids, train_local, val_local, train_shards,
+                None if classes is None else list(classes))
+
+
+def open_val(comm, recipe, val=None, root=None, data_cache=None, classes=None):
+    """``(val_base, val_local)``: the validation images of :func:`open_data`, without the
+    training set (for evaluation): the same subset, the same block on each rank.
+
+    ``val`` None is the demo's validation set; ``classes`` (the model's class
+    names) checks a class-folder tree as the training tree would.
+    """
+    val_path = _dataset_paths(None, None, None, data_cache)[1] if val is None else val
+    base = communication.from_rank0(comm, lambda: layouts.open_dataset(
+        val_path, root, recipe.num_classes, check_files=False, classes=classes))
+    ids = sampling.subset(len(base), recipe.val_subset, recipe.seed)
+    local = sampling.scatter_indices(ids, comm.size, comm.rank, equal=False)
+    base.check_files(local)
+    return base, local
 
 
 def datasets(data, recipe):

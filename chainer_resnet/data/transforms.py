@@ -164,8 +164,9 @@ def _resize(image, size):
 def shorter_side_size(height, width, short):
     """The (height, width) of an image whose shorter side is resized to
     ``short``, keeping the aspect ratio (the longer side rounded, at least
-    ``short``): what :class:`ValTransform` resizes to, and what
-    ``python -m chainer_resnet.data.prepare --resize shorter`` writes."""
+    ``short``): what :class:`ValTransform` resizes to (with its default
+    ``rounding='round'``), and what ``python -m chainer_resnet.data.prepare
+    --resize shorter`` writes."""
     if height <= width:
         return short, max(short, int(round(width * short / height)))
     return max(short, int(round(height * short / width))), short
@@ -283,9 +284,22 @@ class TrainTransform(_Output):
 class ValTransform(_Output):
     """Resize the shorter side, centre crop, normalise (evaluation).
 
-    The shorter side becomes ``round(crop_size * resize_ratio)`` (256 for
-    224 crops), bilinear, keeping the aspect ratio; then the centre
-    ``crop_size`` squared is cut out. Deterministic.
+    The shorter side becomes ``short = round(crop_size * resize_ratio)``
+    (256 for 224 crops), bilinear, keeping the aspect ratio; then the centre
+    ``crop_size`` squared is cut out. Two roundings (``rounding``):
+
+    - ``'round'`` (the default, how every run so far was evaluated): the
+      longer side ``round(long * short / shorter)``, the offsets
+      ``(side - crop_size) // 2``;
+    - ``'torchvision'``: the longer side ``int(short * long / shorter)``, the
+      offsets ``round((side - crop_size) / 2)`` (half to even): torchvision's
+      ``Resize(256)`` + ``CenterCrop(224)`` (and ChainerCV's ``scale`` +
+      ``center_crop``), pixel for pixel on the same PIL image
+      (tests/test_reference.py), the geometry of its published numbers.
+
+    They cut a quarter of ImageNet-like photographs half a pixel apart, and
+    move the demo's top-1 by 0.6 points (benchmarks/README.md, "Validation
+    resize rounding"). Deterministic.
 
     Args:
         crop_size (int): output height and width.
@@ -293,13 +307,19 @@ class ValTransform(_Output):
         std (tuple of float): per-channel RGB std in [0, 1] units.
         resize_ratio (float): shorter side / crop size, at least 1.
         normalize (bool): as in :class:`TrainTransform`.
+        rounding (str): ``'round'`` or ``'torchvision'`` (above).
 
     Call ``t(image, rng=None)``; ``rng`` is accepted and ignored so that
     train and validation transforms share a signature.
     """
 
-    def __init__(self, crop_size, mean, std, resize_ratio=256 / 224, normalize=True):
+    def __init__(self, crop_size, mean, std, resize_ratio=256 / 224, normalize=True,
+                 rounding='round'):
         super().__init__(mean, std, normalize)
+        if rounding not in ('round', 'torchvision'):
+            raise ValueError("rounding must be 'round' or 'torchvision', got {!r}".format(
+                rounding))
+        self.rounding = rounding
         self.crop_size = check_size('crop_size', crop_size)
         if not resize_ratio >= 1:
             raise ValueError(
@@ -309,12 +329,25 @@ class ValTransform(_Output):
 
     def __call__(self, image, rng=None):
         _check_image(image)
-        short = int(round(self.crop_size * self.resize_ratio))
-        size = shorter_side_size(*_height_width(image), short)
+        height, width = _height_width(image)
+        size = self.resized_size(height, width)
         out = _resize(_rgb(image), size)
-        top = (size[0] - self.crop_size) // 2
-        left = (size[1] - self.crop_size) // 2
+        top, left = self.offsets(size)
         return self._output(_crop(out, top, left, self.crop_size))
+
+    def resized_size(self, height, width):
+        """``(height, width)`` of the image after the resize, before the crop."""
+        short = int(round(self.crop_size * self.resize_ratio))
+        if self.rounding == 'torchvision':
+            return ((short, int(short * width / height)) if height <= width
+                    else (int(short * height / width), short))
+        return shorter_side_size(height, width, short)
+
+    def offsets(self, size):
+        """``(top, left)`` of the centre crop in an image of ``size`` = (height, width)."""
+        if self.rounding == 'torchvision':
+            return tuple(int(round((side - self.crop_size) / 2)) for side in size)
+        return tuple((side - self.crop_size) // 2 for side in size)
 
 
 class _PreResized(_Output):
@@ -416,5 +449,6 @@ def from_recipe(recipe, normalize=True):
             recipe.crop_size, recipe.mean, recipe.std,
             scale=(recipe.crop_area_min, 1.0), flip=recipe.horizontal_flip,
             normalize=normalize)
-        val = ValTransform(recipe.crop_size, recipe.mean, recipe.std, normalize=normalize)
+        val = ValTransform(recipe.crop_size, recipe.mean, recipe.std, normalize=normalize,
+                           rounding=recipe.val_resize_rounding)
     return train, val

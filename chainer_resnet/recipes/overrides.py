@@ -22,6 +22,8 @@ def _parse_value(field, text):
         return float(text)
     if field.type in (str, 'str'):
         return text
+    if field.name == 'init_model':
+        return None if text.lower() in ('none', '') else text
     if field.name in ('expected_workers', 'train_subset', 'val_subset'):
         return None if text.lower() in ('none', '') else int(text)
     # Tuples: comma-separated numbers.

@@ -40,6 +40,9 @@ class Recipe:
     # paper's tool); 'union' gives the exact variance of the global batch.
     bn_stats_average: str = 'mean'
     num_classes: int = 1000
+    # Start from these weights (--init-model: model.npz, snapshot, torchvision
+    # state dict); the classifier keeps its initialisation if num_classes differs.
+    init_model: typing.Optional[str] = None
 
     # --- data (§4) ----------------------------------------------------------
     # Size of the training set the recipe was written for; the trainer
@@ -57,6 +60,10 @@ class Recipe:
     crop_area_min: float = 0.08
     pre_resize_size: int = 256
     horizontal_flip: bool = True
+    # Validation resize: 'round' (longer side rounded, crop offset floored: how
+    # every run so far was evaluated) or 'torchvision' (truncated, rounded: the
+    # geometry of torchvision's published numbers; benchmarks/README.md).
+    val_resize_rounding: str = 'round'
     mean: typing.Tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: typing.Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -163,6 +170,7 @@ class Recipe:
             'batch_norm': ('last_batch', 'moving_average'),
             'bn_stats_average': ('mean', 'union'),
             'augmentation': ('random_resized', 'pre_resized'),
+            'val_resize_rounding': ('round', 'torchvision'),
             'optimizer': ('rmsprop_warmup', 'momentum_sgd'),
             'lr_schedule': ('slow_start', 'goyal'),
             'allreduce_grad_dtype': ('float16', 'float32'),
@@ -261,3 +269,11 @@ class Recipe:
             'total_iters': self.total_iters(workers, n),
             'base_lr': self.base_lr(workers),
         }
+
+
+def filled(values):
+    """A recipe dict (a run's recipe.json) with the fields added since it was written at
+    their defaults, so that a run made before a field existed continues unchanged."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Recipe)
+                if f.default is not dataclasses.MISSING}
+    return dict(json.loads(json.dumps(defaults)), **values)
