@@ -4,6 +4,7 @@ The multi-rank cases (corrupt newest snapshot, world-size change, full disk)
 run the real trainer in tests/test_faults.py; these are single-process.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -177,5 +178,5 @@ def test_a_field_added_since_the_run_counts_at_its_default():
             json.dump(older, f)
         snapshots.keep_recipe(out, recipes.DEMO, allow_change=False)
         with pytest.raises(snapshots.SnapshotError, match='init_model'):
-            snapshots.keep_recipe(out, recipes.replace(recipes.DEMO, init_model='x'),
+            snapshots.keep_recipe(out, dataclasses.replace(recipes.DEMO, init_model='x'),
                                   allow_change=False)
