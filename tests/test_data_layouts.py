@@ -542,3 +542,35 @@ def test_listed_paths_are_normalised_as_abspath_would(tmp_path):
             os.makedirs(root, exist_ok=True)
         ds = layouts.ListDataset(str(tmp_path / 'l.txt'), root, check_files=False)
         assert ds.paths == [os.path.abspath(os.path.join(root, p)) for p in listed], root
+
+
+# ---------------------------------------------------------------------------
+# Images listed more than once
+
+def _repeat_lines(list_path, count):
+    with open(list_path) as f:
+        lines = [line for line in f if line.strip()]
+    with open(list_path, 'a') as f:
+        f.writelines(lines[:1] * count)
+    return lines[0].split()[0]
+
+
+def test_a_list_may_repeat_an_image_and_says_how_often(list_tree):
+    list_path, root = list_tree
+    repeated = _repeat_lines(list_path, 2)
+    ds = layouts.open_dataset(list_path, root, 3)
+    assert len(ds) == 5
+    assert ds.duplicates.images == 1 and ds.duplicates.extra_lines == 2
+    assert ds.duplicates.first == [(os.path.join(root, repeated), [2, 7, 8])]
+
+
+def test_a_validation_list_that_repeats_an_image_is_refused(list_tree):
+    list_path, root = list_tree
+    assert layouts.open_dataset(list_path, root, 3, allow_duplicates=False).duplicates is None
+    repeated = _repeat_lines(list_path, 1)
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.open_dataset(list_path, root, 3, allow_duplicates=False)
+    message = str(info.value)
+    assert message.startswith('{} lists 1 image(s) more than once'.format(list_path))
+    assert '{} on lines 2 and 7'.format(os.path.join(root, repeated)) in message
+    assert 'Keep one line per image' in message

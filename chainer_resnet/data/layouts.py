@@ -149,6 +149,10 @@ class ListDataset(_ImageLabelDataset):
         num_classes (int or None): if given, labels must be below it.
         check_files (bool): check that every listed image exists (one
             ``stat`` per image).
+        allow_duplicates (bool): accept an image listed on several lines
+            (a training list may oversample on purpose; each line is a sample
+            of the epoch). False for a validation list, where a repeated image
+            weighs twice in top-1 and top-5.
 
     Attributes:
         paths (list of str): absolute image paths, in list-file order.
@@ -157,14 +161,18 @@ class ListDataset(_ImageLabelDataset):
         list_path (str): ``list_path``; root (str): absolute ``root``.
         num_classes (int): ``num_classes`` if given, else the largest
             label plus one.
+        duplicates (listfile.Duplicates or None): the images listed more
+            than once (their count and the first few, with their lines).
 
     Raises:
         DatasetError: the list file or root is missing, it is not UTF-8, a
-            line is malformed, a label is not an integer or out of range, or
-            (``check_files``) images are missing.
+            line is malformed, a label is not an integer or out of range, an
+            image is listed with two labels, or (not ``allow_duplicates``) more
+            than once, or (``check_files``) images are missing.
     """
 
-    def __init__(self, list_path, root, num_classes=None, check_files=True):
+    def __init__(self, list_path, root, num_classes=None, check_files=True,
+                 allow_duplicates=True):
         if not os.path.isfile(list_path):
             raise DatasetError(
                 'list file {} does not exist. Pass the path of a text file '
@@ -187,6 +195,13 @@ class ListDataset(_ImageLabelDataset):
         self.root = root
         self.num_classes = (int(self.labels.max()) + 1 if num_classes is None
                             else int(num_classes))
+        self.duplicates = listfile.duplicates(self.paths, labels, line_numbers, list_path)
+        if self.duplicates and not allow_duplicates:
+            raise DatasetError(
+                '{} lists {}. Each line of a validation list is counted in top-1 and '
+                'top-5, so a repeated image weighs twice and the accuracy is not that of '
+                'the set. Keep one line per image.'.format(
+                    list_path, listfile.describe_duplicates(self.duplicates)))
         if check_files:
             self.check_files(numpy.arange(len(self.paths)))
 
@@ -342,7 +357,8 @@ def _list_images(folder):
     return sorted(found)
 
 
-def open_dataset(path, root, num_classes, classes=None, check_files=True):
+def open_dataset(path, root, num_classes, classes=None, check_files=True,
+                 allow_duplicates=True):
     """Open ``path`` in the layout it has.
 
     Args:
@@ -360,6 +376,9 @@ def open_dataset(path, root, num_classes, classes=None, check_files=True):
         check_files (bool): for a list file, check that every listed image
             exists (see :class:`ListDataset`). A class-folder root is always
             walked, which finds only files that exist.
+        allow_duplicates (bool): for a list file, accept an image listed
+            more than once (see :class:`ListDataset`); a class-folder tree
+            holds each file once.
 
     Raises:
         DatasetError: as the layout's constructor does.
@@ -367,4 +386,5 @@ def open_dataset(path, root, num_classes, classes=None, check_files=True):
     if os.path.isdir(path):
         return FolderDataset(path, num_classes=num_classes, classes=classes)
     return ListDataset(path, root or os.path.dirname(os.path.abspath(path)),
-                       num_classes=num_classes, check_files=check_files)
+                       num_classes=num_classes, check_files=check_files,
+                       allow_duplicates=allow_duplicates)

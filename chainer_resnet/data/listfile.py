@@ -9,6 +9,7 @@ is a :class:`~chainer_resnet.data.layouts.DatasetError` naming the file and
 the line, and saying what to do.
 """
 
+import collections
 import io
 import os
 
@@ -86,11 +87,15 @@ def parse(list_path, num_classes=None):
                     '{}, line {}: label {} is negative; labels are class numbers '
                     'from 0. Fix the list file.'.format(list_path, line_number, label))
             if num_classes is not None and label >= num_classes:
+                # The ImageNet devkit's ground truth counts classes from 1.
+                hint = (' A label of exactly num_classes usually means the list counts '
+                        'classes from 1: subtract 1 from every label.'
+                        if label == num_classes else '')
                 raise _error(
                     '{}, line {}: label {} is out of range [0, {}) for '
                     'num_classes={}. Fix the list file or pass the right '
-                    'num_classes.'.format(
-                        list_path, line_number, label, num_classes, num_classes))
+                    'num_classes.{}'.format(
+                        list_path, line_number, label, num_classes, num_classes, hint))
             paths.append(path)
             labels.append(label)
             line_numbers.append(line_number)
@@ -113,3 +118,47 @@ def absolute_paths(root, paths):
     prefix, dot, double = root.rstrip(sep) + sep, sep + '.', sep + sep
     full = [p if p.startswith(sep) else prefix + p for p in paths]
     return [normpath(f) if dot in f or double in f or f.endswith(sep) else f for f in full]
+
+
+Duplicates = collections.namedtuple('Duplicates', 'images extra_lines first')
+Duplicates.__doc__ = """The images a list file names more than once: how many (``images``), the
+lines beyond one per image (``extra_lines``), and the first few as
+``(path, [line, ...])`` (``first``)."""
+
+
+def duplicates(paths, labels, line_numbers, list_path='the list file', shown=5):
+    """:class:`Duplicates` of a parsed list (absolute `paths`), or None when every path is once.
+
+    A set of the paths decides (about 0.1 s for ImageNet's 1.28 M); only a
+    list with repeats is walked again to name them.
+
+    Raises:
+        DatasetError: one image is given two different labels (an image has
+            one class: the list is wrong whatever the split).
+    """
+    if len(set(paths)) == len(paths):
+        return None
+    first_seen, repeated = {}, {}
+    for k, path in enumerate(paths):
+        j = first_seen.setdefault(path, k)
+        if j == k:
+            continue
+        if labels[j] != labels[k]:
+            raise _error(
+                '{}, lines {} and {}: {} is listed with the labels {} and {}; an image has '
+                'one class. Fix the list file.'.format(
+                    list_path, line_numbers[j], line_numbers[k], path, labels[j], labels[k]))
+        repeated.setdefault(path, [line_numbers[j]]).append(line_numbers[k])
+    first = sorted(repeated.items(), key=lambda item: item[1][0])[:shown]
+    return Duplicates(images=len(repeated),
+                      extra_lines=sum(len(lines) - 1 for lines in repeated.values()),
+                      first=first)
+
+
+def describe_duplicates(found):
+    """``'3 image(s) more than once (4 extra lines; first: PATH on lines 2 and 9; ...)'``."""
+    shown = '; '.join('{} on lines {}'.format(path, ' and '.join(map(str, lines)))
+                      for path, lines in found.first)
+    more = '; ...' if found.images > len(found.first) else ''
+    return '{} image(s) more than once ({} extra line(s); first: {}{})'.format(
+        found.images, found.extra_lines, shown, more)
