@@ -574,3 +574,19 @@ def test_a_validation_list_that_repeats_an_image_is_refused(list_tree):
     assert message.startswith('{} lists 1 image(s) more than once'.format(list_path))
     assert '{} on lines 2 and 7'.format(os.path.join(root, repeated)) in message
     assert 'Keep one line per image' in message
+
+
+def test_exif_orientation_is_not_applied(tmp_path):
+    """Documented behaviour (as torchvision's loader): the pixels as stored."""
+    from PIL import ImageOps
+    stored = numpy.zeros((2, 4, 3), dtype=numpy.uint8)
+    stored[0, 0] = 255                                  # a white corner, top left
+    exif = Image.Exif()
+    exif[0x0112] = 6                                    # Orientation: rotate 90 CW to view
+    path = str(tmp_path / 'phone.png')
+    Image.fromarray(stored).save(path, exif=exif)
+    image = layouts.read_image(path)
+    numpy.testing.assert_array_equal(image, stored)     # 2 x 4, corner where it was stored
+    # Negative control: applying the tag would have turned it to 4 x 2.
+    with Image.open(path) as img:
+        assert numpy.asarray(ImageOps.exif_transpose(img)).shape == (4, 2, 3)

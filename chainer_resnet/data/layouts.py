@@ -65,7 +65,12 @@ def read_image(path, as_array=True):
     """Read an image file as an RGB ``uint8`` array of shape (H, W, 3).
 
     Grayscale, palette, CMYK and RGBA images are converted with PIL's
-    ``convert('RGB')`` (alpha is dropped). ``as_array=False`` returns the
+    ``convert('RGB')`` (alpha is dropped). The pixels are taken as stored:
+    an EXIF ``Orientation`` tag (which cameras and phones set instead of
+    rotating the pixels) is not applied, as torchvision's default image
+    loader and Chainer's examples do not apply it either, so such a photo
+    is seen sideways or upside down. To honour the tag, rotate the files
+    once when preparing the data (``PIL.ImageOps.exif_transpose``). ``as_array=False`` returns the
     decoded PIL image in the file's own mode instead, for the transforms,
     which crop before they convert (the same pixels: conversion is per pixel).
 
