@@ -26,14 +26,14 @@ import chainer
 import chainer.links as L
 
 from chainer_resnet import (batch_normalization, communication, evaluator, optimizers,
-                            outcome, recipes, reporting, resnet, schedules, signals,
+                            outcome, recipes, reporting, resnet, runlock, schedules, signals,
                             snapshots, triggers, updater)
 from chainer_resnet.communication import print0
 from chainer_resnet.data import layouts, loader, shards
 
 # What the trainer reports as a one-line error (exit status 2), not a traceback.
 USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError,
-               snapshots.SnapshotError)
+               snapshots.SnapshotError, runlock.LockError)
 
 
 def parse_args(argv):
@@ -69,6 +69,9 @@ def parse_args(argv):
     p.add_argument('--check-images', action='store_true',
                    help='before training, read every image of each rank\'s shards once '
                    'and report all unreadable ones (a full pass over the data)')
+    p.add_argument('--take-over-lock', action='store_true',
+                   help='run although <out>/run.lock names another job that holds the '
+                   'folder (only when you know it does not run any more)')
     p.add_argument('--allow-recipe-change', action='store_true',
                    help='continue from a snapshot made with other recipe values (the '
                    'differences are printed; recipe.json keeps the old values as '
@@ -162,8 +165,12 @@ def run(argv=None, stop_flag=None):
     device = communication.device(args.device, comm)
     device.use()
 
-    # 3. Data: rank 0 reads the index, every rank takes and checks its shard
+    # 3. Rank 0 takes the output folder's lock (runlock.py: one running job per
+    #    folder, before anything in it is touched; a refusal is said once).
+    #    Data: rank 0 reads the index, every rank takes and checks its shard
     #    (shards.open_data: start-up costs per rank that do not grow with the ranks).
+    lock = runlock.take(comm, out, args.take_over_lock, check_folder=snapshots.check_output_folder,
+                        errors=(snapshots.SnapshotError,))
     data = shards.open_data(comm, recipe, args.train, args.val, args.root, args.data_cache)
     n_train = len(data.train_ids)
     # Workers are ranks x virtual workers per rank: batch, lr, iterations.
@@ -177,7 +184,6 @@ def run(argv=None, stop_flag=None):
             communication.warn0(comm, 'recipe {!r} expects {} training images, the '
                                 'dataset has {}; iterations follow the dataset.'.format(
                                     recipe.name, recipe.train_images, n_train))
-        snapshots.check_output_folder(out)
         snapshots.keep_recipe(out, recipe, args.allow_recipe_change)
         summary = dict(recipe.summary(comm.size, n_train), peak_lr=sched.peak('lr'))
         print0(comm, 'chainer_resnet: ' + ', '.join(
@@ -276,6 +282,7 @@ def run(argv=None, stop_flag=None):
             outcome.finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by)
     except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
         raise outcome.diverged(e, comm, trainer, out, total_iters) from None
+    lock.release()
     return trainer
 
 

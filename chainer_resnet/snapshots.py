@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import zipfile
 
@@ -403,10 +404,9 @@ def check_output_folder(out):
                             'results (it is created if missing).'.format(out))
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, '.tmp-write-check-{}'.format(os.getpid()))
-        with open(probe, 'w') as f:
-            f.write('ok')
-        os.remove(probe)
+        # A nameless file: a probe can never be taken for a leftover of a write.
+        with tempfile.TemporaryFile(dir=out) as f:
+            f.write(b'ok')
     except OSError as e:
         raise SnapshotError('cannot write to the output folder --out {} ({}). Pass a folder '
                             'you can write to.'.format(out, e.strerror or e)) from None
