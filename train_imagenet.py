@@ -16,7 +16,6 @@ resumes from the newest snapshot in ``--out``.
 
 import argparse
 import os
-import signal
 import sys
 
 import numpy
@@ -29,7 +28,7 @@ from chainer_resnet import (batch_normalization, communication, evaluator, optim
                             outcome, recipes, reporting, resnet, runlock, schedules, signals,
                             snapshots, triggers, updater)
 from chainer_resnet.communication import print0
-from chainer_resnet.data import layouts, loader, shards
+from chainer_resnet.data import layouts, loader, shards, workers
 
 # What the trainer reports as a one-line error (exit status 2), not a traceback.
 USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError,
@@ -107,12 +106,13 @@ def _positive_float(text):
 
 
 def main(argv=None):
-    """Command-line entry point; returns the exit status."""
-    # The wall-time warning (SIGUSR1) may come at any time, also before or
-    # after the training loop: its default action would kill this rank alone.
-    flag = signals.SignalFlag(signal.SIGUSR1)
+    """Command-line entry point; returns the exit status (outcome.py lists them)."""
+    # Stop requests (the wall-time warning SIGUSR1; SIGTERM, SIGINT, SIGHUP from
+    # schedulers and terminals: signals.py) may come at any time, also before or
+    # after the training loop: their default actions would kill this rank alone.
+    flag = signals.SignalFlag()
     try:
-        run(argv, stop_flag=flag)
+        trainer = run(argv, stop_flag=flag)
     except USER_ERRORS as e:
         # A user error: say it without a traceback (once, on rank 0, if every
         # rank raised the same one: communication.from_rank0), and end every rank.
@@ -123,6 +123,11 @@ def main(argv=None):
             # Raised on this rank alone: the others may wait in a collective.
             communication.abort_if_distributed(outcome.EXIT_USER_ERROR)
         return outcome.EXIT_USER_ERROR
+    except workers.LoaderDied as e:
+        # On this rank alone; the others wait in the next allreduce.
+        print('error: {}'.format(e), file=sys.stderr, flush=True)
+        communication.abort_if_distributed(outcome.EXIT_FAULT)
+        return outcome.EXIT_FAULT
     except outcome.Diverged as e:
         if e.rank == 0:
             print('error: {}'.format(e), file=sys.stderr, flush=True)
@@ -131,14 +136,14 @@ def main(argv=None):
         return outcome.EXIT_DIVERGED
     finally:
         flag.restore()
-    return 0
+    return signals.exit_status(trainer.get_extension('StopOnSignal').stopped_by)
 
 
 def run(argv=None, stop_flag=None):
     """Parse `argv`, train, and return the finished Chainer Trainer.
 
-    `stop_flag` (signals.SignalFlag): the process-wide wall-time warning
-    flag; without one, the handler is installed for the training loop only.
+    `stop_flag` (signals.SignalFlag): the process-wide stop requests; without
+    one, the handlers are installed for the training loop only.
     """
     args = parse_args(argv)
     recipe = recipes.resolve(args.recipe, args.set)
@@ -236,9 +241,10 @@ def run(argv=None, stop_flag=None):
     snap_trigger = triggers.PointsTrigger(
         triggers.points(recipe.snapshot_interval_epochs * ipe, total_iters), stop)
 
-    # 9. On all ranks: schedules, a wall-time warning signal (SIGUSR1 ends the
-    #    launch cleanly with a snapshot), BN statistics averaging, evaluation,
-    #    snapshots. The schedules also run at initialisation (resume-safe).
+    # 9. On all ranks: schedules, stop requests (the wall-time warning or a
+    #    termination signal ends the launch cleanly with a snapshot), BN
+    #    statistics averaging, evaluation, snapshots. The schedules also run
+    #    at initialisation (resume-safe).
     for name, extension in sched.extensions():
         trainer.extend(extension, name=name)
     stop_signal = signals.StopOnSignal(comm, stop, flag=stop_flag)

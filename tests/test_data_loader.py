@@ -14,7 +14,7 @@ from PIL import Image
 
 import chainer
 
-from chainer_resnet.data import layouts, loader, sampling, transforms
+from chainer_resnet.data import layouts, loader, sampling, transforms, workers
 
 TRANSFORM = transforms.ValTransform(8, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 ZERO_BYTE, TRUNCATED = 'zero-byte', 'truncated'
@@ -259,7 +259,7 @@ def test_check_images_finds_exactly_the_bad_files(tmp_path):
 # iterators: what the trainer builds
 
 @pytest.mark.parametrize('loaderjobs, kind', [
-    (0, chainer.iterators.SerialIterator), (1, chainer.iterators.MultiprocessIterator)])
+    (0, chainer.iterators.SerialIterator), (1, workers.LoaderIterator)])
 def test_iterators_are_the_trainers(loaderjobs, kind):
     base = [good(i) for i in range(5)]
     train_set = sampling.AugmentedDataset(base, keep, seed=0)

@@ -35,7 +35,7 @@ import numpy
 import chainer
 from chainer.dataset import convert
 
-from chainer_resnet.data import transforms
+from chainer_resnet.data import transforms, workers
 from chainer_resnet.data.layouts import DatasetError, read_image
 from chainer_resnet.data.sampling import BadSample
 
@@ -51,15 +51,18 @@ def iterators(train_set, val_set, batch, sampler, loaderjobs, val_batch=None):
     ``StreamOrderSampler`` for virtual workers), ``batch`` samples at a
     time; validation reads ``val_set`` once in order, ``val_batch`` (default
     ``batch``) at a time. With ``loaderjobs > 0`` both are
-    ``MultiprocessIterator`` with that many loader processes, otherwise
-    ``SerialIterator`` (loading in the main process).
+    :class:`~chainer_resnet.data.workers.LoaderIterator` (Chainer's
+    ``MultiprocessIterator``, whose dead loader process is an error, not a
+    hang) with that many loader processes, otherwise ``SerialIterator``
+    (loading in the main process).
     """
     val_batch = batch if val_batch is None else val_batch
     if loaderjobs > 0:
-        train = chainer.iterators.MultiprocessIterator(
-            train_set, batch, n_processes=loaderjobs, order_sampler=sampler)
-        val = chainer.iterators.MultiprocessIterator(
-            val_set, val_batch, repeat=False, shuffle=False, n_processes=loaderjobs)
+        train = workers.LoaderIterator(
+            train_set, batch, what='training', n_processes=loaderjobs, order_sampler=sampler)
+        val = workers.LoaderIterator(
+            val_set, val_batch, what='validation', repeat=False, shuffle=False,
+            n_processes=loaderjobs)
     else:
         train = chainer.iterators.SerialIterator(train_set, batch, order_sampler=sampler)
         val = chainer.iterators.SerialIterator(val_set, val_batch, repeat=False, shuffle=False)
