@@ -3,6 +3,7 @@
 Whole launches (a loader of rank 1 killed with SIGKILL): tests/test_faults.py.
 """
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -56,8 +57,10 @@ def test_batches_are_chainers_in_the_same_order():
         ours.finalize()
 
 
-def test_a_killed_loader_is_an_error_naming_it_and_the_likely_cause():
-    it = workers.LoaderIterator(Slow(), 4, what='training', n_processes=2)
+@pytest.mark.parametrize('method', ['fork', 'forkserver'])   # the trainer's: forkserver
+def test_a_killed_loader_is_an_error_naming_it_and_the_likely_cause(method):
+    it = workers.LoaderIterator(Slow(), 4, what='training', n_processes=2,
+                                context=multiprocessing.get_context(method))
     try:
         it.next()                                  # the pool runs
         victim = loader_pids(it)[0]

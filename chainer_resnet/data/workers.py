@@ -16,14 +16,17 @@ changes:
 - the loader processes ignore the stop signals (SIGTERM, SIGINT, SIGHUP):
   Slurm signals every process of a job, and a loader killed by the stop
   request would lose the batch its rank needs to reach the iteration boundary
-  where it stops (chainer_resnet/signals.py). Their rank ends them with
-  SIGKILL (terminating the pool, also at interpreter exit); a loader whose
-  rank is gone reads the end of its task pipe and exits;
+  where it stops (chainer_resnet/signals.py; the trainer's forkserver is
+  started with them ignored: communication.start_forkserver). Their rank ends
+  them with SIGKILL (terminating the pool, also at interpreter exit); a loader
+  whose parent (the forkserver, which ends with its rank) is gone gets
+  SIGKILL from the kernel;
 - finalizing ends the pool before it waits for the prefetch thread: Chainer's
   order (thread first) waits forever for a lost task.
 """
 
 import multiprocessing
+import multiprocessing.context
 import multiprocessing.pool
 import os
 import signal
@@ -90,20 +93,42 @@ def _loader_setup(dataset, mem_size, mem_bulk):
         os._exit(0)
 
 
-_CLASSES = {}
+def _killing(popen):
+    # terminate() is also called directly on the Popen by multiprocessing's
+    # clean-up at exit: SIGKILL, since the loaders ignore SIGTERM.
+    popen.terminate = popen.kill
+    return popen
 
 
-def _process_class(base):
-    """`base` (the context's Process class) whose terminate() is kill(): SIGTERM is ignored."""
-    if base not in _CLASSES:
-        def _Popen(process_obj):
-            popen = base._Popen(process_obj)
-            # Also reached directly by multiprocessing's clean-up at exit.
-            popen.terminate = popen.kill
-            return popen
-        _CLASSES[base] = type('Loader' + base.__name__, (base,),
-                              {'_Popen': staticmethod(_Popen)})
-    return _CLASSES[base]
+# The context's process classes, terminated with SIGKILL; module-level, so
+# that the forkserver can unpickle them by name.
+class LoaderForkServerProcess(multiprocessing.context.ForkServerProcess):
+    """A forkserver loader process whose terminate() is kill()."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _killing(multiprocessing.context.ForkServerProcess._Popen(process_obj))
+
+
+class LoaderForkProcess(multiprocessing.context.ForkProcess):
+    """A forked loader process whose terminate() is kill()."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _killing(multiprocessing.context.ForkProcess._Popen(process_obj))
+
+
+class LoaderSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned loader process whose terminate() is kill()."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _killing(multiprocessing.context.SpawnProcess._Popen(process_obj))
+
+
+_CLASSES = {multiprocessing.context.ForkServerProcess: LoaderForkServerProcess,
+            multiprocessing.context.ForkProcess: LoaderForkProcess,
+            multiprocessing.context.SpawnProcess: LoaderSpawnProcess}
 
 
 class _Pool(multiprocessing.pool.Pool):
@@ -125,7 +150,7 @@ class _Pool(multiprocessing.pool.Pool):
         super().__init__(*args, **kwargs)
 
     def _process(self, ctx, *args, **kwargs):
-        process = _process_class(ctx.Process)(*args, **kwargs)
+        process = _CLASSES[ctx.Process](*args, **kwargs)
         self.started.append(process)
         return process
 
@@ -148,10 +173,11 @@ class _Pool(multiprocessing.pool.Pool):
         self._change_notifier.put(None)
         self._state = multiprocessing.pool.TERMINATE
         self._terminate.cancel()     # Python's clean-up, which may wait on a dead loader's lock
-        for process in list(self.started):
+        started = [p for p in list(self.started) if p._popen is not None]
+        for process in started:
             if process.exitcode is None:
                 process.kill()
-        for process in list(self.started):
+        for process in started:
             process.join(timeout=5)
 
     def close(self):
@@ -184,11 +210,13 @@ class _Communicator(chainer_mpi._Communicator):
 class _PrefetchLoop(chainer_mpi._PrefetchLoop):
     """Chainer's prefetch loop with :class:`_Pool` and a terminate() that cannot hang."""
 
+    context = None
+
     def launch_thread(self):
         self._pool = _Pool(processes=self.n_processes, initializer=_loader_setup,
                            initargs=(self.dataset, self.mem_size, self.mem_bulk),
                            maxtasksperchild=self.maxtasksperchild,
-                           context=multiprocessing.get_context())
+                           context=self.context or multiprocessing.get_context())
         self._thread = threading.Thread(target=self._run, name='prefetch_loop', daemon=True)
         self._thread.start()
         return self._thread
@@ -209,15 +237,18 @@ class LoaderIterator(chainer_mpi.MultiprocessIterator):
 
     Takes ``MultiprocessIterator``'s arguments (``dataset_timeout`` is unused:
     a stall of the whole rank is chainer_resnet/watchdog.py's), plus ``what``:
-    the data it loads, for messages (``'training'``, ``'validation'``).
+    the data it loads, for messages (``'training'``, ``'validation'``), and
+    ``context``: the multiprocessing context (default: the start method set,
+    the forkserver in the trainer).
 
     Raises (from ``next()``):
         LoaderDied: a loader process ended; the message names the rank, the
             host, the process, how it ended and the likely cause.
     """
 
-    def __init__(self, dataset, batch_size, what='training', **kwargs):
+    def __init__(self, dataset, batch_size, what='training', context=None, **kwargs):
         self.what = what
+        self.context = context
         kwargs['dataset_timeout'] = None
         super().__init__(dataset, batch_size, **kwargs)
 
@@ -229,6 +260,7 @@ class LoaderIterator(chainer_mpi.MultiprocessIterator):
             self.dataset, self.batch_size, self.repeat, self.n_processes, self.n_prefetch,
             self.shared_mem, self._comm, self.order_sampler, self._interruption_testing,
             self._maxtasksperchild)
+        self._prefetch_loop.context = self.context
 
     def _check(self):
         loop = self._prefetch_loop
