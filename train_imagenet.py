@@ -26,7 +26,7 @@ import chainer.links as L
 
 from chainer_resnet import (batch_normalization, communication, evaluator, optimizers,
                             outcome, recipes, reporting, resnet, runlock, schedules, signals,
-                            snapshots, triggers, updater)
+                            snapshots, triggers, updater, watchdog)
 from chainer_resnet.communication import print0
 from chainer_resnet.data import layouts, loader, shards, workers
 
@@ -71,6 +71,12 @@ def parse_args(argv):
     p.add_argument('--take-over-lock', action='store_true',
                    help='run although <out>/run.lock names another job that holds the '
                    'folder (only when you know it does not run any more)')
+    p.add_argument('--stall-report', type=_seconds, default=watchdog.REPORT_AFTER,
+                   metavar='S', help='print every rank\'s stacks after S s without progress '
+                   '(default %(default)g; 0: never)')
+    p.add_argument('--stall-abort', type=_seconds, default=watchdog.ABORT_AFTER, metavar='S',
+                   help='end the job (exit status 4) after S s without progress, so that a '
+                   're-launch resumes (default %(default)g; 0: never)')
     p.add_argument('--allow-recipe-change', action='store_true',
                    help='continue from a snapshot made with other recipe values (the '
                    'differences are printed; recipe.json keeps the old values as '
@@ -96,6 +102,13 @@ def _device_name(text):
     if text in ('cpu', 'gpu') or text.isdigit():
         return text
     raise argparse.ArgumentTypeError("use 'cpu', 'gpu' or a GPU id")
+
+
+def _seconds(text):
+    value = float(text)
+    if not 0 <= value < float('inf'):
+        raise argparse.ArgumentTypeError('must be a number of seconds >= 0')
+    return value
 
 
 def _positive_float(text):
@@ -249,6 +262,12 @@ def run(argv=None, stop_flag=None):
         trainer.extend(extension, name=name)
     stop_signal = signals.StopOnSignal(comm, stop, flag=stop_flag)
     trainer.extend(stop_signal)
+    # No progress for --stall-report s: every rank's stacks; for --stall-abort s:
+    # the job ends (watchdog.py). A step that stalled and recovered is logged.
+    stall_watch = watchdog.Watchdog(
+        comm.rank, args.stall_report, args.stall_abort, on_abort=lambda message:
+        outcome.stalled(out, stall_watch.iteration, total_iters, message))
+    trainer.extend(watchdog.StallMonitor(comm, stall_watch))
     bn_sync = None
     if recipe.batch_norm == 'last_batch':
         bn_sync = batch_normalization.BNStatisticsAllreduce(
@@ -288,6 +307,8 @@ def run(argv=None, stop_flag=None):
             outcome.finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by)
     except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
         raise outcome.diverged(e, comm, trainer, out, total_iters) from None
+    finally:
+        stall_watch.stop()
     lock.release()
     return trainer
 

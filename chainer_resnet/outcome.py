@@ -60,6 +60,14 @@ def diverged(error, comm, trainer, out, total_iters):
                     collective=isinstance(error, optimizers.TrainingDiverged))
 
 
+def stalled(out, iteration, total_iters, message):
+    """Rank 0, from the stall watchdog before it ends the job: ``status.json`` says so."""
+    newest = snapshots.list_snapshots(out)
+    status.write(out, {'iteration': iteration or 0, 'total_iters': total_iters,
+                       'complete': False, 'failed': 'stalled', 'error': message,
+                       'snapshot': newest[0][1] if newest else None})
+
+
 def finish(trainer, predictor, out, total_iters, plots, stopped_by=None):
     """Rank 0 at the end of a launch: model.npz, status.json and the closing lines."""
     iteration = trainer.updater.iteration
