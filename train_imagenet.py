@@ -305,6 +305,9 @@ def run(argv=None, stop_flag=None):
             bn_sync()
         if comm.rank == 0:
             outcome.finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by)
+        # No rank ends before rank 0 has written everything: after a stop by
+        # SIGTERM (exit 143) srun --kill-on-bad-exit ends the rest.
+        comm.mpi_comm.Barrier()
     except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
         raise outcome.diverged(e, comm, trainer, out, total_iters) from None
     finally:
