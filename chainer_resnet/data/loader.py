@@ -102,7 +102,9 @@ class BadSampleGuard(chainer.dataset.Converter):
 
     Raises:
         DatasetError: when ``count`` exceeds ``max_bad``, naming the files;
-            or when a batch holds no good sample to replace the bad ones.
+            when a batch holds no good sample to replace the bad ones; or at
+            once when a read failed for the machine's reason, not the image's
+            (``BadSample.system``: out of file descriptors, a stale NFS file).
     """
 
     def __init__(self, max_bad=0, converter=convert.concat_examples, mode='replace',
@@ -125,6 +127,14 @@ class BadSampleGuard(chainer.dataset.Converter):
         good = [k for k, sample in enumerate(batch) if not isinstance(sample, BadSample)]
         if len(good) < len(batch):
             bad = [sample for sample in batch if isinstance(sample, BadSample)]
+            machine = [b for b in bad if b.system]
+            if machine:
+                raise DatasetError(
+                    'reading {} failed with a system error ({}), not a damaged image: the '
+                    'process is out of file descriptors (ulimit -n; fewer --loaderjobs) or '
+                    'memory, or the filesystem holding the data failed (a stale or '
+                    'unreachable network mount). --skip-bad-images does not skip it: fix the '
+                    'cause and re-launch.'.format(_where(machine[0]), machine[0].error))
             # An image is counted once, however many epochs read it again.
             new = [b for b in bad if b.index not in self._seen]
             earlier = [path for path, _ in self.first_bad], self.count
