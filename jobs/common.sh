@@ -81,7 +81,7 @@
 # them as stop requests too (snapshot, "stopped": "SIGTERM" in status.json,
 # exit status 128+N: chainer_resnet/signals.py). Then the script asks why the
 # job was stopped (stop_reason): at the scheduler's time limit (Slurm:
-# JobState=TIMEOUT in scontrol show job; PBS: the walltime qstat -f gave at
+# Reason=TimeLimit in scontrol show job; PBS: the walltime qstat -f gave at
 # the start is used up) or by preemption (Slurm: PREEMPTED) the chain goes on
 # (chunk_end, with an afterany dependency: afterok never accepts a job that
 # hit its limit); after scancel, qdel or Ctrl-C it does not.
@@ -182,22 +182,26 @@ launch() {
     return "$rc"
 }
 
-# Why this job got its stop signal: "time limit" (Slurm JobState=TIMEOUT),
-# "walltime" (PBS: the walltime qstat -f gave at the start is used up, within
-# 120 s: the server's clock and ours, and how often it checks), "preemption"
-# (Slurm JobState=PREEMPTED), or what else it was (scancel, qdel, Ctrl-C).
+# Why this job got its stop signal: "time limit" (Slurm: while the job ends,
+# scontrol shows JobState=COMPLETING Reason=TimeLimit, then TIMEOUT), "walltime"
+# (PBS: the walltime qstat -f gave at the start is used up, within 120 s: the
+# server's clock and ours, and how often it checks), "preemption" (Slurm:
+# PREEMPTED, or Reason=Preempted), or what else it was: scancel (COMPLETING
+# with Reason=None, then CANCELLED), qdel, Ctrl-C.
 stop_reason() {
     case "$SCHEDULER" in
         slurm)
-            local state
-            state=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n 1 || true)
-            state=${state#JobState=}
-            case "$state" in
-                TIMEOUT) echo "time limit" ;;
-                PREEMPTED) echo "preemption" ;;
-                "") echo "a signal (scontrol show job $SLURM_JOB_ID gave no state)" ;;
-                CANCELLED) echo "cancelled (scancel)" ;;
-                *) echo "a signal while JobState=$state (scancel, or sent by hand)" ;;
+            local fields state reason
+            fields=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o -E '(JobState|Reason)=[^ ]*' || true)
+            state=$(grep -o -E '^JobState=.*' <<<"$fields" | head -n 1 || true)
+            reason=$(grep -o -E '^Reason=.*' <<<"$fields" | head -n 1 || true)
+            state=${state#JobState=} reason=${reason#Reason=}
+            case "$state/$reason" in
+                TIMEOUT/* | */TimeLimit) echo "time limit" ;;
+                PREEMPTED/* | */Preempt*) echo "preemption" ;;
+                /) echo "a signal (scontrol show job $SLURM_JOB_ID gave no state)" ;;
+                CANCELLED/* | COMPLETING/None) echo "cancelled (scancel)" ;;
+                *) echo "a signal while JobState=$state Reason=$reason (scancel, or sent by hand)" ;;
             esac ;;
         pbs)
             if [[ -n "$JOB_DEADLINE" ]] && ((SECONDS >= JOB_DEADLINE - 120)); then

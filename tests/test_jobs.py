@@ -744,11 +744,16 @@ def test_sigterm_stops_the_launch_too(tmp_path, stubs):
 SMOKE_JOB = dict(RECIPE='smoke', DEVICE='cpu', GPUS_PER_NODE=2, TRAIN_LIST='', SKIP_DOCTOR=1)
 
 
-@pytest.mark.parametrize('state, resubmitted', [('TIMEOUT', True), ('PREEMPTED', True),
-                                                ('CANCELLED', False)])
+# What a real Slurm 22.05 (tests/slurm/cluster.sh) showed while a job ended.
+@pytest.mark.parametrize('state, resubmitted', [
+    ('JobState=COMPLETING Reason=TimeLimit', True),   # seen: the time limit
+    ('JobState=TIMEOUT Reason=TimeLimit', True),      # seen: after it ended
+    ('JobState=PREEMPTED Reason=None', True),
+    ('JobState=COMPLETING Reason=None', False),       # seen: scancel
+    ('JobState=CANCELLED Reason=None', False)])       # seen: after it ended
 def test_slurm_tells_the_time_limit_from_scancel(tmp_path, stubs, state, resubmitted):
-    """Both send SIGTERM: the job's state (scontrol show job) decides."""
-    scontrol = CAPTURED_SCONTROL.replace('JobState=RUNNING', 'JobState=' + state)
+    """Both send SIGTERM: the job's state and reason (scontrol show job) decide."""
+    scontrol = CAPTURED_SCONTROL.replace('JobState=RUNNING Reason=None', state)
     rc, out, launches = signal_fake_launch(
         tmp_path, stubs, 'trainer', [signal.SIGTERM], script='jobs/slurm/srun_pmix.sh',
         scheduler=slurm_env(nodes=1, ntasks=2), FAKE_SCONTROL=scontrol, **SMOKE_JOB)
