@@ -176,7 +176,7 @@ launch() {
                 DEPENDENCY=afterany
                 return 0 ;;
         esac
-        log "the training ended (status $rc) after SIG$STOP_SIGNAL: $reason, so no next chunk is submitted; submit the same script again (same OUT=$OUT) to continue"
+        log "the training ended (status $rc) after SIG$STOP_SIGNAL: $reason, so the chain ends here (nothing is submitted); submit the same script again (same OUT=$OUT) to continue"
         exit "$((rc == 0 ? 1 : rc))"
     fi
     return "$rc"

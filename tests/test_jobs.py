@@ -765,7 +765,7 @@ def test_slurm_tells_the_time_limit_from_scancel(tmp_path, stubs, state, resubmi
         assert '--dependency=afterany:3001' in submitted[0]['argv']
     else:
         assert rc == 143, out
-        assert 'cancelled (scancel), so no next chunk is submitted' in out
+        assert 'cancelled (scancel), so the chain ends here (nothing is submitted)' in out
         assert submitted == []
 
 

@@ -392,7 +392,7 @@ def test_sigterm_at_the_time_limit_resubmits_and_scancel_does_not(cluster, tmp_p
     out2 = finished(wait(second, timeout=90), state='CANCELLED')
     m = re.search(r'^Stopped by SIGTERM at iteration (\d+)/200', out2, re.M)
     assert m, out2[-6000:]
-    assert 'cancelled (scancel), so no next chunk is submitted' in out2
+    assert 'cancelled (scancel), so the chain ends here (nothing is submitted)' in out2
     assert 'next chunk' not in out2
     assert status(out_dir)['iteration'] == int(m.group(1))
     shutil.rmtree(str(out_dir))
