@@ -590,3 +590,24 @@ def test_exif_orientation_is_not_applied(tmp_path):
     # Negative control: applying the tag would have turned it to 4 x 2.
     with Image.open(path) as img:
         assert numpy.asarray(ImageOps.exif_transpose(img)).shape == (4, 2, 3)
+
+
+def test_a_decompression_bomb_is_a_clear_error_before_any_pixel_is_decoded(tmp_path):
+    """A PNG whose header claims 40,000 x 40,000 pixels (1.6 billion; PIL refuses
+    above twice its MAX_IMAGE_PIXELS): refused at once, naming the file."""
+    import struct
+    import time
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+    path = tmp_path / 'bomb.png'
+    path.write_bytes(b'\x89PNG\r\n\x1a\n'
+                     + chunk(b'IHDR', struct.pack('>IIBBBBB', 40000, 40000, 8, 0, 0, 0, 0))
+                     + chunk(b'IDAT', zlib.compress(b'\0' * 1024)) + chunk(b'IEND', b''))
+    start = time.monotonic()
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.read_image(str(path))
+    assert time.monotonic() - start < 10
+    assert str(path) in str(info.value) and 'DecompressionBombError' in str(info.value)

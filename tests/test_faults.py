@@ -489,3 +489,30 @@ def test_an_out_that_is_a_file_is_said_once_by_rank_0(tmp_path, small_data):
     code, text = launch(trainer_cmd(out, small_data), timeout=180)
     assert code == 2, text
     assert_one_clean_line(text, 'error: --out {} is a file, not a folder.'.format(out))
+
+
+def test_odd_but_valid_images_and_list_quirks_train_to_the_end(tmp_path, small_data):
+    """What a real ImageNet copy holds (CMYK JPEGs, a PNG named .JPEG, huge photos) and
+    what lists go through (Windows line ends, blank lines, a repeated line): the run
+    trains to its end, warning about the repeat."""
+    from PIL import Image
+    with open(small_data['train']) as f:
+        lines = [line for line in f if line.strip()]
+    paths = [os.path.join(small_data['root'], line.split()[0]) for line in lines[:4]]
+    rng = numpy.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 255, (30, 30, 3), dtype=numpy.uint8)).convert(
+        'CMYK').save(paths[0], format='JPEG')
+    Image.fromarray(rng.randint(0, 255, (30, 30, 4), dtype=numpy.uint8), 'RGBA').save(
+        paths[1], format='PNG')                       # a PNG named .jpg
+    Image.new('RGB', (1, 1), (200, 10, 10)).save(paths[2], format='JPEG')
+    Image.new('L', (10000, 10000), 128).save(paths[3], format='JPEG')   # 100 megapixels
+    text = '\r\n\r\n'.join(line.rstrip('\n') for line in lines + lines[:2]) + '\r\n'
+    with open(small_data['train'], 'w', newline='') as f:
+        f.write(text)
+    out = tmp_path / 'run'
+    code, text = launch(trainer_cmd(out, small_data))
+    assert code == 0, text
+    assert 'WARNING: {} lists 2 image(s) more than once (2 extra line(s); first: '.format(
+        small_data['train']) in text
+    assert 'an epoch has 66 images instead of 64' in text
+    assert json.loads((out / 'status.json').read_text())['complete'] is True
