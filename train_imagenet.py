@@ -16,7 +16,6 @@ resumes from the newest snapshot in ``--out``.
 
 import argparse
 import os
-import signal
 import sys
 
 import numpy
@@ -27,14 +26,14 @@ import chainer.links as L
 
 from chainer_resnet import (batch_normalization, communication, evaluator, gpu, health,
                             initial_weights, model_file, optimizers, outcome, recipes,
-                            reporting, resnet, schedules, signals, snapshots, triggers,
-                            updater)
+                            reporting, resnet, runlock, schedules, signals, snapshots,
+                            triggers, updater, watchdog)
 from chainer_resnet.communication import print0
-from chainer_resnet.data import layouts, loader, shards
+from chainer_resnet.data import layouts, loader, shards, workers
 
 # What the trainer reports as a one-line error (exit status 2), not a traceback.
 USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.CommunicationError,
-               snapshots.SnapshotError, model_file.ModelFileError)
+               snapshots.SnapshotError, model_file.ModelFileError, runlock.LockError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +85,15 @@ def parse_args(argv):
     p.add_argument('--check-images', action='store_true',
                    help='before training, read every image of each rank\'s shards once '
                    'and report all unreadable ones (a full pass over the data)')
+    p.add_argument('--take-over-lock', action='store_true',
+                   help='run although <out>/run.lock names another job that holds the '
+                   'folder (only when you know it does not run any more)')
+    p.add_argument('--stall-report', type=_seconds, default=watchdog.REPORT_AFTER,
+                   metavar='S', help='print every rank\'s stacks after S s without progress '
+                   '(default %(default)g; 0: never)')
+    p.add_argument('--stall-abort', type=_seconds, default=watchdog.ABORT_AFTER, metavar='S',
+                   help='end the job (exit status 4) after S s without progress, so that a '
+                   're-launch resumes (default %(default)g; 0: never)')
     p.add_argument('--allow-recipe-change', action='store_true',
                    help='continue from a snapshot made with other recipe values (the '
                    'differences are printed; recipe.json keeps the old values as '
@@ -119,6 +127,13 @@ def _device_name(text):
     raise argparse.ArgumentTypeError("use 'cpu', 'gpu' or a GPU id")
 
 
+def _seconds(text):
+    value = float(text)
+    if not 0 <= value < float('inf'):
+        raise argparse.ArgumentTypeError('must be a number of seconds >= 0')
+    return value
+
+
 def _positive_float(text):
     value = float(text)
     if not 0 < value < float('inf'):
@@ -127,12 +142,13 @@ def _positive_float(text):
 
 
 def main(argv=None):
-    """Command-line entry point; returns the exit status."""
-    # The wall-time warning (SIGUSR1) may come at any time, also before or
-    # after the training loop: its default action would kill this rank alone.
-    flag = signals.SignalFlag(signal.SIGUSR1)
+    """Command-line entry point; returns the exit status (outcome.py lists them)."""
+    # Stop requests (the wall-time warning SIGUSR1; SIGTERM, SIGINT, SIGHUP from
+    # schedulers and terminals: signals.py) may come at any time, also before or
+    # after the training loop: their default actions would kill this rank alone.
+    flag = signals.SignalFlag()
     try:
-        run(argv, stop_flag=flag)
+        trainer = run(argv, stop_flag=flag)
     except USER_ERRORS as e:
         # A user error: say it without a traceback (once, on rank 0, if every
         # rank raised the same one: communication.from_rank0), and end every rank.
@@ -143,6 +159,11 @@ def main(argv=None):
             # Raised on this rank alone: the others may wait in a collective.
             communication.abort_if_distributed(outcome.EXIT_USER_ERROR)
         return outcome.EXIT_USER_ERROR
+    except workers.LoaderDied as e:
+        # On this rank alone; the others wait in the next allreduce.
+        print('error: {}'.format(e), file=sys.stderr, flush=True)
+        communication.abort_if_distributed(outcome.EXIT_FAULT)
+        return outcome.EXIT_FAULT
     except outcome.Diverged as e:
         if e.rank == 0:
             print('error: {}'.format(e), file=sys.stderr, flush=True)
@@ -151,14 +172,14 @@ def main(argv=None):
         return outcome.EXIT_DIVERGED
     finally:
         flag.restore()
-    return 0
+    return signals.exit_status(trainer.get_extension('StopOnSignal').stopped_by)
 
 
 def run(argv=None, stop_flag=None):
     """Parse `argv`, train, and return the finished Chainer Trainer.
 
-    `stop_flag` (signals.SignalFlag): the process-wide wall-time warning
-    flag; without one, the handler is installed for the training loop only.
+    `stop_flag` (signals.SignalFlag): the process-wide stop requests; without
+    one, the handlers are installed for the training loop only.
     """
     args = parse_args(argv)
     try:
@@ -192,8 +213,12 @@ def run(argv=None, stop_flag=None):
     device.use()
     gpu.configure_cudnn(args.cudnn_autotune == 'on', args.cudnn_workspace)
 
-    # 3. Data: rank 0 reads the index, every rank takes and checks its shard
+    # 3. Rank 0 takes the output folder's lock (runlock.py: one running job per
+    #    folder, before anything in it is touched; a refusal is said once).
+    #    Data: rank 0 reads the index, every rank takes and checks its shard
     #    (shards.open_data: start-up costs per rank that do not grow with the ranks).
+    lock = runlock.take(comm, out, args.take_over_lock, check_folder=snapshots.check_output_folder,
+                        errors=(snapshots.SnapshotError,))
     data = shards.open_data(comm, recipe, args.train, args.val, args.root, args.data_cache)
     n_train = len(data.train_ids)
     # Workers are ranks x virtual workers per rank: batch, lr, iterations.
@@ -201,10 +226,10 @@ def run(argv=None, stop_flag=None):
     sched = schedules.from_recipe(recipe, recipe.workers(comm.size), n_train)
     ipe, total_iters = sched.iters_per_epoch, sched.total_iters
 
-    # 4. Rank 0 checks the output folder and writes the effective recipe (an
+    # 4. Rank 0 writes the effective recipe (an
     #    error there ends every rank with its message), then prints the
     #    derived quantities.
-    communication.from_rank0(comm, snapshots.prepare_output, out, recipe,
+    communication.from_rank0(comm, snapshots.keep_recipe, out, recipe,
                              args.allow_recipe_change, errors=(snapshots.SnapshotError,))
     if comm.rank == 0:
         if recipe.train_subset is None and n_train != recipe.train_images:
@@ -266,9 +291,10 @@ def run(argv=None, stop_flag=None):
     snap_trigger = triggers.PointsTrigger(
         triggers.points(recipe.snapshot_interval_epochs * ipe, total_iters), stop)
 
-    # 9. On all ranks: schedules, a wall-time warning signal (SIGUSR1 ends the
-    #    launch cleanly with a snapshot), BN statistics averaging, evaluation,
-    #    snapshots. The schedules also run at initialisation (resume-safe).
+    # 9. On all ranks: schedules, stop requests (the wall-time warning or a
+    #    termination signal ends the launch cleanly with a snapshot), BN
+    #    statistics averaging, evaluation, snapshots. The schedules also run
+    #    at initialisation (resume-safe).
     for name, extension in sched.extensions():
         trainer.extend(extension, name=name)
     stop_signal = signals.StopOnSignal(comm, stop, flag=stop_flag)
@@ -276,6 +302,12 @@ def run(argv=None, stop_flag=None):
     observations = monitor.observations if monitor is not None else None
     if monitor is not None:
         trainer.extend(monitor, trigger=monitor.trigger)
+    # No progress for --stall-report s: every rank's stacks; for --stall-abort s:
+    # the job ends (watchdog.py). A step that stalled and recovered is logged.
+    stall_watch = watchdog.Watchdog(
+        comm.rank, args.stall_report, args.stall_abort, on_abort=lambda message:
+        outcome.stalled(out, stall_watch.iteration, total_iters, message))
+    trainer.extend(watchdog.StallMonitor(comm, stall_watch))
     bn_sync = None
     if recipe.batch_norm == 'last_batch':
         bn_sync = batch_normalization.BNStatisticsAllreduce(
@@ -316,8 +348,14 @@ def run(argv=None, stop_flag=None):
             outcome.finish(trainer, predictor, out, total_iters, plots, stop_signal.stopped_by,
                            model_file.describe(recipe, data.classes, model_file.data_paths(
                                args.train, args.val, args.root, args.data_cache)))
+        # No rank ends before rank 0 has written everything: after a stop by
+        # SIGTERM (exit 143) srun --kill-on-bad-exit ends the rest.
+        comm.mpi_comm.Barrier()
     except (optimizers.TrainingDiverged, snapshots.NonFiniteStateError) as e:
         raise outcome.diverged(e, comm, trainer, out, total_iters) from None
+    finally:
+        stall_watch.stop()
+    lock.release()
     return trainer
 
 

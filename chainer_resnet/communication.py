@@ -8,6 +8,7 @@ process is still clean and every later loader worker comes from it.
 
 import multiprocessing
 import os
+import signal
 import sys
 
 LOCAL_RANK_VARIABLES = ('OMPI_COMM_WORLD_LOCAL_RANK', 'MV2_COMM_WORLD_LOCAL_RANK',
@@ -15,7 +16,7 @@ LOCAL_RANK_VARIABLES = ('OMPI_COMM_WORLD_LOCAL_RANK', 'MV2_COMM_WORLD_LOCAL_RANK
 # What launchers set to tell a process its rank: lets a process know whether
 # it is rank 0 before MPI is initialised (to say an argument error once).
 LAUNCHER_RANK_VARIABLES = ('OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'PMIX_RANK',
-                           'SLURM_PROCID')
+                           'MV2_COMM_WORLD_RANK', 'SLURM_PROCID')
 
 
 class CommunicationError(RuntimeError):
@@ -31,12 +32,31 @@ def start_forkserver():
 
     Must run before the communicator is created (see the module docstring).
     A dummy process is started and joined so the server really exists.
+
+    The server, and so every loader process it forks, ignores the stop
+    signals (SIGTERM, SIGINT, SIGHUP: chainer_resnet/signals.py): Slurm sends
+    them to every process of a job and hydra to each rank's process group,
+    and a loader (or the server) that died of one would lose the batch its
+    rank needs to reach the iteration where every rank stops. They are
+    started with those signals ignored, which a new process inherits; the
+    rank blocks them meanwhile, so one that arrives then is delivered after,
+    not lost. The server ends with its rank; the loaders with the server
+    (chainer_resnet/data/workers.py).
     """
     if multiprocessing.get_start_method(allow_none=True) != 'forkserver':
         multiprocessing.set_start_method('forkserver', force=True)
-    p = multiprocessing.Process(target=_noop)
-    p.start()
-    p.join()
+    stop = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stop}
+    try:
+        p = multiprocessing.Process(target=_noop)
+        p.start()
+        p.join()
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def install_abort_on_error():

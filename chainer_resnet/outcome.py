@@ -3,9 +3,21 @@
 :func:`finish` is rank 0's work at the end of a launch that trained (to the
 end, to its chunk's end, or stopped by a signal); :func:`diverged` records a
 run that stopped on a non-finite state and returns the :class:`Diverged`
-error the trainer's ``main()`` reports. Exit statuses of the trainer:
-0 done (or stopped to be continued), :data:`EXIT_USER_ERROR` a user error
-(fix and re-launch), :data:`EXIT_DIVERGED` a run that diverged.
+error the trainer's ``main()`` reports. Exit statuses of the trainer (the
+README's "When things go wrong" has a row per case):
+
+- 0: done, or stopped to be continued (the chunk's end, or the wall-time
+  warning SIGUSR1), with a snapshot;
+- :data:`EXIT_USER_ERROR` (2): a user error, said in one ``error:`` line
+  (also: the output folder is in use by another job); fix and re-launch;
+- :data:`EXIT_DIVERGED` (3): the run diverged; the last finite snapshot is kept;
+- :data:`EXIT_FAULT` (4): a process of the job failed: a loader process died
+  (chainer_resnet/data/workers.py) or the ranks made no progress for the
+  stall limit (chainer_resnet/watchdog.py); the snapshots are intact, a
+  re-launch resumes;
+- 128 + N: stopped by termination signal N (143 SIGTERM, 130 SIGINT, 129
+  SIGHUP): with a snapshot at the iteration it stopped at, or, after a
+  second such signal, at once without one (chainer_resnet/signals.py).
 """
 
 import json
@@ -21,6 +33,8 @@ from chainer_resnet import model_file, optimizers, snapshots, status
 EXIT_USER_ERROR = 2
 # A run stopped because its state stopped being finite.
 EXIT_DIVERGED = 3
+# A process of the job died or stalled: re-launch to resume.
+EXIT_FAULT = 4
 
 
 def summary_lines(recipe, comm, n_train, sched, device, out):
@@ -68,6 +82,14 @@ def diverged(error, comm, trainer, out, total_iters):
                            'snapshot': newest[0][1] if newest else None})
     return Diverged(message, comm.rank,
                     collective=isinstance(error, optimizers.TrainingDiverged))
+
+
+def stalled(out, iteration, total_iters, message):
+    """Rank 0, from the stall watchdog before it ends the job: ``status.json`` says so."""
+    newest = snapshots.list_snapshots(out)
+    status.write(out, {'iteration': iteration or 0, 'total_iters': total_iters,
+                       'complete': False, 'failed': 'stalled', 'error': message,
+                       'snapshot': newest[0][1] if newest else None})
 
 
 def finish(trainer, predictor, out, total_iters, plots, stopped_by=None, description=None):

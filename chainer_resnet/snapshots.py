@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import zipfile
 
@@ -406,19 +407,12 @@ def check_output_folder(out):
                             'results (it is created if missing).'.format(out))
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, '.tmp-write-check-{}'.format(os.getpid()))
-        with open(probe, 'w') as f:
-            f.write('ok')
-        os.remove(probe)
+        # A nameless file: a probe can never be taken for a leftover of a write.
+        with tempfile.TemporaryFile(dir=out) as f:
+            f.write(b'ok')
     except OSError as e:
         raise SnapshotError('cannot write to the output folder --out {} ({}). Pass a folder '
                             'you can write to.'.format(out, e.strerror or e)) from None
-
-
-def prepare_output(out, recipe, allow_change):
-    """Rank 0 before training: :func:`check_output_folder`, then :func:`keep_recipe`."""
-    check_output_folder(out)
-    keep_recipe(out, recipe, allow_change)
 
 
 def keep_recipe(out, recipe, allow_change, log=None):

@@ -46,7 +46,10 @@ class TimedUpdater(updaters.StandardUpdater):
     Reported per iteration (rank 0's view; all ranks step together):
     ``perf/images_per_sec`` (global images over wall time, data loading
     included), ``perf/compute_images_per_sec`` (excluding the wait for the
-    next batch) and ``perf/data_wait_sec``; the model's own reports
+    next batch) and ``perf/data_wait_sec``; as attributes, ``own_seconds``
+    (this rank's data wait and forward/backward, up to the gradient
+    allreduce: what chainer_resnet/watchdog.py compares over ranks to name a
+    late one) and ``step_seconds`` (the whole step); the model's own reports
     (``main/loss``, ``main/accuracy``) are the mean over the rank's workers.
 
     A GPU runs kernels after the host has queued them, so before it reads
@@ -85,6 +88,7 @@ class TimedUpdater(updaters.StandardUpdater):
         self._clock = None
         self._running = None
         self._last_end = None
+        self.own_seconds = self.step_seconds = None
 
     def update_core(self):
         optimizer = self._optimizers['main']
@@ -127,6 +131,9 @@ class TimedUpdater(updaters.StandardUpdater):
             computed = self._clock.mark()
             if health.due(self.iteration + 1):
                 health.before_allreduce(target)      # this rank's own gradients
+        # This rank's own work ends here; then it waits for the others.
+        self._synchronize(optimizer)
+        own_end = time.perf_counter()
         optimizer.update()        # the multi-node wrapper: mean over ranks, then the update
         _report_mean(observations)
         self._synchronize(optimizer)
@@ -142,6 +149,7 @@ class TimedUpdater(updaters.StandardUpdater):
             'perf/data_wait_sec': loaded - start,
         })
         self._last_end = end
+        self.own_seconds, self.step_seconds = own_end - start, end - start
         if self.auto_new_epoch and iterator.is_new_epoch:
             optimizer.new_epoch(auto=True)
 

@@ -12,10 +12,12 @@
 # (chainer_resnet/status.py).
 #
 #   chunk_begin             before the launch: exit 0 if the run is complete;
-#                           under PBS, arm the wall-time warning timer
+#                           under PBS, note when the walltime ends and arm the
+#                           wall-time warning timer
 #   chunk_end SUBMIT_NEXT   after it: complete? otherwise, if this chunk made
-#                           progress (stopped at CHUNK_EPOCHS or by the
-#                           wall-time warning) and RESUBMIT=1, SUBMIT_NEXT
+#                           progress (stopped at CHUNK_EPOCHS, by the wall-time
+#                           warning, or by SIGTERM at the time limit: launch in
+#                           common.sh) and RESUBMIT=1, SUBMIT_NEXT
 #                           (pbs_resubmit, slurm_resubmit or local_resubmit)
 #                           submits the next chunk, with this job's resources
 #
@@ -57,6 +59,13 @@ chunk_begin() {
     fi
 }
 
+# PBS: "LIMIT USED", this job's walltime and what it used so far (qstat -f),
+# in seconds (LIMIT 0: none).
+pbs_walltime() {
+    printf '%s %s\n' "$(pbs_seconds "$(pbs_job_attribute Resource_List.walltime)")" \
+        "$(pbs_seconds "$(pbs_job_attribute resources_used.walltime)")"
+}
+
 # PBS Pro and Torque send no signal ahead of the walltime (at the limit:
 # SIGTERM, then SIGKILL after the server's kill_delay): a timer sends this
 # script the SIGUSR1 that Slurm's --signal=B:USR1@300 would, WALLTIME_WARNING
@@ -64,10 +73,14 @@ chunk_begin() {
 pbs_warning_timer() {
     local margin=${WALLTIME_WARNING:-300}
     [[ "$margin" =~ ^[0-9]+$ ]] || die "WALLTIME_WARNING=$margin is not a number of seconds"
-    ((margin > 0)) || return 0
     local limit used
-    limit=$(pbs_seconds "$(pbs_job_attribute Resource_List.walltime)")
-    used=$(pbs_seconds "$(pbs_job_attribute resources_used.walltime)")
+    read -r limit used < <(pbs_walltime)
+    if ((limit > 0)); then
+        # When the walltime is used up: stop_reason (common.sh) tells it from a qdel.
+        # shellcheck disable=SC2034  # read by stop_reason (common.sh)
+        JOB_DEADLINE=$((SECONDS + limit - used))
+    fi
+    ((margin > 0)) || return 0
     if ((limit == 0)); then
         log "no walltime in qstat -f $PBS_JOBID: no wall-time warning"
         return 0
@@ -116,7 +129,9 @@ chunk_end() {
     fi
     ((iteration > CHUNK_START_ITER)) \
         || die "chunk $CHUNK made no progress (iteration $iteration): not resubmitting"
-    if ((WARNING_FORWARDED)); then
+    if [[ "$DEPENDENCY" == afterany ]]; then
+        log "stopped at iteration $iteration/$total by SIG$STOP_SIGNAL at the job's time limit"
+    elif ((WARNING_FORWARDED)); then
         log "stopped at iteration $iteration/$total by the wall-time warning (SIGUSR1)"
     else
         log "stopped at iteration $iteration/$total (end of the wall-time chunk)"
@@ -130,7 +145,8 @@ chunk_end() {
 }
 
 # PBS (Pro and Torque): the same script again, with this job's resources,
-# after this job ends successfully (afterok), with the parameters in -v.
+# after this job ends successfully (afterok; afterany after a stop at the
+# walltime, which PBS does not count as a success), with the parameters in -v.
 pbs_resubmit() {
     local vars=() name value
     for name in "${FORWARD_TO_NEXT_JOB[@]}"; do
@@ -143,7 +159,7 @@ pbs_resubmit() {
     done
     local list
     list=$(printf '%s,' ${vars[@]+"${vars[@]}"})
-    local cmd=(qsub -W "depend=afterok:$PBS_JOBID" -v "${list%,}")
+    local cmd=(qsub -W "depend=$DEPENDENCY:$PBS_JOBID" -v "${list%,}")
     local option
     while read -r option value; do
         [[ -n "$option" ]] && cmd+=("$option" "$value")
@@ -154,7 +170,7 @@ pbs_resubmit() {
     log "next chunk ($CHUNK): $line"
     local id
     id=$("${cmd[@]}") || die "qsub failed; continue by hand: qsub $JOB_SCRIPT (same OUT=$OUT)"
-    log "submitted job $id; it starts after job $PBS_JOBID ends successfully"
+    log "submitted job $id; it starts after job $PBS_JOBID ends ($DEPENDENCY)"
 }
 
 # This job's attributes from `qstat -f`, one "NAME = VALUE" a line (PBS
@@ -194,7 +210,8 @@ pbs_job_resources() {
         }'
 }
 
-# Slurm: the same script again after this job ends successfully, with this
+# Slurm: the same script again after this job ends successfully (afterok;
+# afterany after a stop at the time limit: the job ends as TIMEOUT), with this
 # job's resources (slurm_job_resources) and the parameters in the exported
 # environment. This job's SLURM_* variables are removed from what sbatch
 # exports: the next job gets its own. sbatch's own input variables (SBATCH_*,
@@ -204,7 +221,7 @@ slurm_resubmit() {
     for name in "${FORWARD_TO_NEXT_JOB[@]}"; do
         if [[ -v "$name" ]]; then export "${name?}"; fi
     done
-    local cmd=(sbatch --parsable --dependency="afterok:$SLURM_JOB_ID" --kill-on-invalid-dep=yes
+    local cmd=(sbatch --parsable --dependency="$DEPENDENCY:$SLURM_JOB_ID" --kill-on-invalid-dep=yes
                --nodes="$(slurm_nodes)" --ntasks-per-node="$GPUS_PER_NODE" --export=ALL)
     local option
     while IFS= read -r option; do
@@ -220,7 +237,7 @@ slurm_resubmit() {
     log "next chunk ($CHUNK): $line"
     local id
     id=$(env ${clean[@]+"${clean[@]}"} "${cmd[@]}") || die "sbatch failed; continue by hand: sbatch $JOB_SCRIPT (same OUT=$OUT)"
-    log "submitted job $id; it starts after job $SLURM_JOB_ID ends successfully"
+    log "submitted job $id; it starts after job $SLURM_JOB_ID ends ($DEPENDENCY)"
 }
 
 # The sbatch options, one a line, that give the next chunk what this job has

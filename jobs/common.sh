@@ -75,8 +75,16 @@
 # on every node (MPICH's hydra mpiexec, Open MPI's mpirun and srun do: tested
 # under a real Slurm, jobs/README.md). The trainer then stops after its
 # current iteration, snapshots, writes status.json with "stopped": "SIGUSR1"
-# and exits 0, and chunk_end submits the next chunk. SIGTERM and SIGINT are
-# passed on to whatever is launched, so that stopping the script stops its ranks.
+# and exits 0, and chunk_end submits the next chunk.
+#
+# SIGTERM and SIGINT are passed on to whatever is launched; the trainer takes
+# them as stop requests too (snapshot, "stopped": "SIGTERM" in status.json,
+# exit status 128+N: chainer_resnet/signals.py). Then the script asks why the
+# job was stopped (stop_reason): at the scheduler's time limit (Slurm:
+# Reason=TimeLimit in scontrol show job; PBS: the walltime qstat -f gave at
+# the start is used up) or by preemption (Slurm: PREEMPTED) the chain goes on
+# (chunk_end, with an afterany dependency: afterok never accepts a job that
+# hit its limit); after scancel, qdel or Ctrl-C it does not.
 
 log() { printf 'job: %s\n' "$*"; }
 die() { printf 'job: error: %s\n' "$*" >&2; exit 2; }
@@ -87,6 +95,9 @@ TRAINER_SINCE=''        # $SECONDS when the trainer's launcher started
 WARNING_RECEIVED=0      # the job got SIGUSR1
 WARNING_FORWARDED=0     # ... and passed it on to the trainer
 WAIT_INTERRUPTED=0      # a trap ran while run_launch waited
+STOP_SIGNAL=''          # the job got SIGTERM or SIGINT (TERM or INT)
+JOB_DEADLINE=''         # PBS: $SECONDS at which the walltime ends (chunk_begin)
+DEPENDENCY=afterok      # how the next chunk waits for this one (afterany after a time limit)
 
 on_warning() {
     WAIT_INTERRUPTED=1
@@ -111,6 +122,7 @@ on_warning() {
 
 on_stop() {
     WAIT_INTERRUPTED=1
+    STOP_SIGNAL=${STOP_SIGNAL:-$1}
     log "got SIG$1: passing it on to the launch in progress"
     if [[ -n "$LAUNCH_PID" ]]; then kill "-$1" "$LAUNCH_PID" 2>/dev/null || true; fi
 }
@@ -145,12 +157,60 @@ run_launch() {
 }
 
 # launch COMMAND...: the one launch of the training (the wall-time warning is
-# passed on to it).
+# passed on to it). After SIGTERM or SIGINT it returns 0 only when the job was
+# stopped by its time limit or preempted (the chain goes on: chunk_end), and
+# otherwise ends the script with the trainer's status.
 launch() {
     if ((WARNING_RECEIVED)); then
         die "the wall-time warning (SIGUSR1) came before the training started: the job's time limit leaves no time to train. Ask for a longer --time / walltime, or for an earlier warning: SBATCH_SIGNAL=B:USR1@SECONDS (Slurm), WALLTIME_WARNING=SECONDS (PBS)"
     fi
-    run_launch trainer "$@"
+    local rc=0
+    run_launch trainer "$@" || rc=$?
+    if [[ -n "$STOP_SIGNAL" ]]; then
+        local reason
+        reason=$(stop_reason)
+        case "$reason" in
+            "time limit" | walltime | preemption)
+                log "the training ended (status $rc) after SIG$STOP_SIGNAL: the job's $reason; the chain goes on"
+                # shellcheck disable=SC2034  # read by chunk_end and the resubmits (chunks.sh)
+                DEPENDENCY=afterany
+                return 0 ;;
+        esac
+        log "the training ended (status $rc) after SIG$STOP_SIGNAL: $reason, so the chain ends here (nothing is submitted); submit the same script again (same OUT=$OUT) to continue"
+        exit "$((rc == 0 ? 1 : rc))"
+    fi
+    return "$rc"
+}
+
+# Why this job got its stop signal: "time limit" (Slurm: while the job ends,
+# scontrol shows JobState=COMPLETING Reason=TimeLimit, then TIMEOUT), "walltime"
+# (PBS: the walltime qstat -f gave at the start is used up, within 120 s: the
+# server's clock and ours, and how often it checks), "preemption" (Slurm:
+# PREEMPTED, or Reason=Preempted), or what else it was: scancel (COMPLETING
+# with Reason=None, then CANCELLED), qdel, Ctrl-C.
+stop_reason() {
+    case "$SCHEDULER" in
+        slurm)
+            local fields state reason
+            fields=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o -E '(JobState|Reason)=[^ ]*' || true)
+            state=$(grep -o -E '^JobState=.*' <<<"$fields" | head -n 1 || true)
+            reason=$(grep -o -E '^Reason=.*' <<<"$fields" | head -n 1 || true)
+            state=${state#JobState=} reason=${reason#Reason=}
+            case "$state/$reason" in
+                TIMEOUT/* | */TimeLimit) echo "time limit" ;;
+                PREEMPTED/* | */Preempt*) echo "preemption" ;;
+                /) echo "a signal (scontrol show job $SLURM_JOB_ID gave no state)" ;;
+                CANCELLED/* | COMPLETING/None) echo "cancelled (scancel)" ;;
+                *) echo "a signal while JobState=$state Reason=$reason (scancel, or sent by hand)" ;;
+            esac ;;
+        pbs)
+            if [[ -n "$JOB_DEADLINE" ]] && ((SECONDS >= JOB_DEADLINE - 120)); then
+                echo walltime
+            else
+                echo "deleted (qdel) or signalled before the walltime"
+            fi ;;
+        *) echo "a signal (Ctrl-C, kill)" ;;
+    esac
 }
 
 # job_setup SCHEDULER LAUNCHER [RANKS]: everything before the first launch.
@@ -338,8 +398,11 @@ mpirun_launcher() {
     esac
     case "$flavour" in
         openmpi)
+            # odls_base_sigkill_timeout: Open MPI's mpirun answers SIGTERM by
+            # killing the ranks 1 s later; they need the scheduler's grace time
+            # to stop with a snapshot (chainer_resnet/signals.py).
             LAUNCH=("$mpirun" -np "$NP" --map-by "ppr:$GPUS_PER_NODE:node" --bind-to none
-                    --mca mpi_warn_on_fork 0)
+                    --mca mpi_warn_on_fork 0 --mca odls_base_sigkill_timeout 120)
             if [[ "$scheduler" == pbs ]]; then
                 # Open MPI without PBS (tm) support would otherwise start
                 # every rank on this node.

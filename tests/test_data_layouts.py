@@ -542,3 +542,72 @@ def test_listed_paths_are_normalised_as_abspath_would(tmp_path):
             os.makedirs(root, exist_ok=True)
         ds = layouts.ListDataset(str(tmp_path / 'l.txt'), root, check_files=False)
         assert ds.paths == [os.path.abspath(os.path.join(root, p)) for p in listed], root
+
+
+# ---------------------------------------------------------------------------
+# Images listed more than once
+
+def _repeat_lines(list_path, count):
+    with open(list_path) as f:
+        lines = [line for line in f if line.strip()]
+    with open(list_path, 'a') as f:
+        f.writelines(lines[:1] * count)
+    return lines[0].split()[0]
+
+
+def test_a_list_may_repeat_an_image_and_says_how_often(list_tree):
+    list_path, root = list_tree
+    repeated = _repeat_lines(list_path, 2)
+    ds = layouts.open_dataset(list_path, root, 3)
+    assert len(ds) == 5
+    assert ds.duplicates.images == 1 and ds.duplicates.extra_lines == 2
+    assert ds.duplicates.first == [(os.path.join(root, repeated), [2, 7, 8])]
+
+
+def test_a_validation_list_that_repeats_an_image_is_refused(list_tree):
+    list_path, root = list_tree
+    assert layouts.open_dataset(list_path, root, 3, allow_duplicates=False).duplicates is None
+    repeated = _repeat_lines(list_path, 1)
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.open_dataset(list_path, root, 3, allow_duplicates=False)
+    message = str(info.value)
+    assert message.startswith('{} lists 1 image(s) more than once'.format(list_path))
+    assert '{} on lines 2 and 7'.format(os.path.join(root, repeated)) in message
+    assert 'Keep one line per image' in message
+
+
+def test_exif_orientation_is_not_applied(tmp_path):
+    """Documented behaviour (as torchvision's loader): the pixels as stored."""
+    from PIL import ImageOps
+    stored = numpy.zeros((2, 4, 3), dtype=numpy.uint8)
+    stored[0, 0] = 255                                  # a white corner, top left
+    exif = Image.Exif()
+    exif[0x0112] = 6                                    # Orientation: rotate 90 CW to view
+    path = str(tmp_path / 'phone.png')
+    Image.fromarray(stored).save(path, exif=exif)
+    image = layouts.read_image(path)
+    numpy.testing.assert_array_equal(image, stored)     # 2 x 4, corner where it was stored
+    # Negative control: applying the tag would have turned it to 4 x 2.
+    with Image.open(path) as img:
+        assert numpy.asarray(ImageOps.exif_transpose(img)).shape == (4, 2, 3)
+
+
+def test_a_decompression_bomb_is_a_clear_error_before_any_pixel_is_decoded(tmp_path):
+    """A PNG whose header claims 40,000 x 40,000 pixels (1.6 billion; PIL refuses
+    above twice its MAX_IMAGE_PIXELS): refused at once, naming the file."""
+    import struct
+    import time
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+    path = tmp_path / 'bomb.png'
+    path.write_bytes(b'\x89PNG\r\n\x1a\n'
+                     + chunk(b'IHDR', struct.pack('>IIBBBBB', 40000, 40000, 8, 0, 0, 0, 0))
+                     + chunk(b'IDAT', zlib.compress(b'\0' * 1024)) + chunk(b'IEND', b''))
+    start = time.monotonic()
+    with pytest.raises(layouts.DatasetError) as info:
+        layouts.read_image(str(path))
+    assert time.monotonic() - start < 10
+    assert str(path) in str(info.value) and 'DecompressionBombError' in str(info.value)

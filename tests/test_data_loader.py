@@ -8,13 +8,15 @@ iterators, with and without loader processes.
 import contextlib
 import signal
 
+import types
+
 import numpy
 import pytest
 from PIL import Image
 
 import chainer
 
-from chainer_resnet.data import layouts, loader, sampling, transforms
+from chainer_resnet.data import layouts, loader, sampling, transforms, workers
 
 TRANSFORM = transforms.ValTransform(8, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 ZERO_BYTE, TRUNCATED = 'zero-byte', 'truncated'
@@ -259,7 +261,7 @@ def test_check_images_finds_exactly_the_bad_files(tmp_path):
 # iterators: what the trainer builds
 
 @pytest.mark.parametrize('loaderjobs, kind', [
-    (0, chainer.iterators.SerialIterator), (1, chainer.iterators.MultiprocessIterator)])
+    (0, chainer.iterators.SerialIterator), (1, workers.LoaderIterator)])
 def test_iterators_are_the_trainers(loaderjobs, kind):
     base = [good(i) for i in range(5)]
     train_set = sampling.AugmentedDataset(base, keep, seed=0)
@@ -388,3 +390,40 @@ def test_normalize_on_the_gpu_equals_numpy_bit_for_bit():
     every = numpy.broadcast_to(numpy.arange(256, dtype=numpy.uint8), (1, 3, 4, 256))
     numpy.testing.assert_array_equal(
         cupy.asnumpy(normalize.normalize(cupy.asarray(every))), normalize.normalize(every))
+
+
+def test_a_read_that_failed_for_the_machines_reason_is_not_skipped_as_a_bad_image(tmp_path):
+    import errno
+    from chainer_resnet.data.layouts import read_image
+
+    class OutOfDescriptors:
+        paths = ['/data/7.jpg']
+
+        def __getitem__(self, index):
+            try:
+                raise OSError(errno.EMFILE, 'Too many open files')
+            except OSError as exc:
+                raise layouts.DatasetError('cannot read image') from exc
+    sample = sampling.BadSample.from_exception(OutOfDescriptors(), 0, _raised(
+        OutOfDescriptors(), 0))
+    assert sample.system and 'Too many open files' in sample.error
+    guard = loader.BadSampleGuard(max_bad=10)      # however many may be skipped
+    with pytest.raises(layouts.DatasetError) as info:
+        guard([good(0), sample])
+    assert str(info.value).startswith('reading /data/7.jpg failed with a system error (OSError: '
+                                      '[Errno 24] Too many open files), not a damaged image')
+    # Negative control: a damaged file is the image's fault, and may be skipped.
+    (tmp_path / 'half.jpg').write_bytes(b'\xff\xd8\xff\xe0' + b'\0' * 20)
+    damaged = sampling.BadSample.from_exception(
+        types.SimpleNamespace(paths=[str(tmp_path / 'half.jpg')]), 0,
+        _raised(lambda: read_image(str(tmp_path / 'half.jpg'))))
+    assert not damaged.system
+    assert labels(guard([good(0), damaged])) == [0, 0]
+
+
+def _raised(dataset, index=None):
+    try:
+        dataset[index] if index is not None else dataset()
+    except Exception as exc:
+        return exc
+    raise AssertionError('nothing raised')

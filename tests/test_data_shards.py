@@ -73,3 +73,29 @@ def test_a_prepared_dataset_is_checked_against_the_recipe(comm, list_tree):
                                    'train_list': os.path.basename(list_path)})
     assert len(shards.open_data(comm, _recipe(num_classes=3), list_path, list_path,
                                 root).train_base) == 3
+
+
+def test_index_warnings_name_repeats_overlap_and_a_validation_set_of_one_label(list_tree):
+    list_path, root = list_tree
+    train = layouts.open_dataset(list_path, root, 3)
+    assert shards.index_warnings(train, train)[0].startswith(   # the same list twice
+        '3 image(s) are in both the training and the validation set')
+    with open(list_path, 'a') as f:
+        f.write('a/red.png 2\n')
+    train = layouts.open_dataset(list_path, root, 3)
+    val_list = list_path + '.val'
+    with open(val_list, 'w') as f:
+        f.write('b/gray.png 0\na/blue.JPEG 0\n')
+    val = layouts.open_dataset(val_list, root, 3)
+    repeated, overlap, one_label = shards.index_warnings(train, val)
+    assert repeated.startswith('{} lists 1 image(s) more than once'.format(list_path))
+    assert 'an epoch has 4 images instead of 3' in repeated
+    assert overlap.startswith('2 image(s) are in both')
+    assert one_label.startswith('all 2 validation images have the label 0')
+    # Negative control: disjoint sets with two labels and no repeats.
+    with open(val_list, 'w') as f:
+        f.write('b/gray.png 1\n')
+    with open(list_path, 'w') as f:
+        f.write('a/red.png 2\na/blue.JPEG 0\n')
+    assert shards.index_warnings(layouts.open_dataset(list_path, root, 3),
+                                 layouts.open_dataset(val_list, root, 3)) == []

@@ -226,8 +226,11 @@ def test_the_summary_lines_the_readme_quotes():
 
 
 def test_the_demo_command_is_what_make_demo_runs():
-    result = subprocess.run(['make', '-n', 'demo', 'VENV=.venv'], cwd=ROOT,
-                            capture_output=True, text=True, check=True)
+    # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL would add its
+    # "Entering directory" lines: this make runs as a user's would.
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS')}
+    result = subprocess.run(['make', '--no-print-directory', '-n', 'demo', 'VENV=.venv'],
+                            cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     command = ' '.join(result.stdout.replace('\\\n', ' ').split())
     assert 'train_imagenet.py --recipe demo' in command, result.stdout
     quoted('README.md', command)

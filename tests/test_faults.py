@@ -9,9 +9,13 @@ dataset of 64 training and 40 validation images that each case may damage.
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy
 import pytest
@@ -36,10 +40,10 @@ def demo_lists(tmp_path_factory):
     return data
 
 
-@pytest.fixture
-def small_data(tmp_path, demo_lists):
-    """A list dataset of 64 training and 40 validation images, copied so a case may damage it."""
-    root = tmp_path / 'images'
+def copy_small_data(folder, demo_lists):
+    """A list dataset of 64 training and 40 validation images in `folder`, copied so a
+    case may damage it: {'train', 'val', 'root'}."""
+    root = folder / 'images'
     lists = {}
     for split, source, count in (('train', demo_lists.train_list, 64),
                                  ('val', demo_lists.val_list, 40)):
@@ -53,9 +57,15 @@ def small_data(tmp_path, demo_lists):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(os.path.join(demo_lists.root, relative), target)
             out_lines.append('{} {}\n'.format(relative, label))
-        lists[split] = tmp_path / '{}.txt'.format(split)
+        lists[split] = folder / '{}.txt'.format(split)
         lists[split].write_text(''.join(out_lines))
     return {'train': str(lists['train']), 'val': str(lists['val']), 'root': str(root)}
+
+
+@pytest.fixture
+def small_data(tmp_path, demo_lists):
+    """copy_small_data in this test's folder."""
+    return copy_small_data(tmp_path, demo_lists)
 
 
 def trainer_cmd(out, data, *extra, n=2):
@@ -258,3 +268,255 @@ def test_a_kill_during_the_model_write_leaves_the_old_model(tmp_path):
     leftovers = [n for n in os.listdir(tmp_path) if n.startswith('.tmp-')]
     assert len(leftovers) == 1                        # the partial write, under a temporary name
     assert snapshots.remove_leftovers(str(tmp_path)) == leftovers
+
+
+# --- what a cluster does to a job: another job, the scheduler's signals, a dead or
+# --- stalled process (issue 20). The smoke run below is the uninterrupted reference.
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, demo_lists):
+    """The parameters of an uninterrupted run (16 iterations, 2 ranks)."""
+    folder = tmp_path_factory.mktemp('reference')
+    code, text = launch(trainer_cmd(folder / 'run', copy_small_data(folder, demo_lists)))
+    assert code == 0, text
+    return model_arrays(folder / 'run')
+
+
+def model_arrays(out):
+    with numpy.load(str(out / 'model.npz')) as f:
+        return {name: f[name].copy() for name in f.files}
+
+
+def assert_same_model(out, reference):
+    final = model_arrays(out)
+    assert sorted(final) == sorted(reference)
+    for name in reference:
+        numpy.testing.assert_array_equal(final[name], reference[name], err_msg=name)
+
+
+def assert_loadable_snapshots(out):
+    """Every snapshot in `out` is whole (a stop never leaves a damaged one)."""
+    for name in snapshot_files(out):
+        with numpy.load(str(out / name)) as f:
+            assert f.files, name
+
+
+def assert_one_clean_line(text, line):
+    assert text.count(line) == 1, text
+    for noise in ('Traceback', 'KeyboardInterrupt', 'MPI_Abort', 'BAD TERMINATION'):
+        assert noise not in text, text
+
+
+def test_a_second_job_on_the_same_out_is_refused_and_the_first_goes_on(tmp_path, small_data,
+                                                                        reference):
+    out = tmp_path / 'run'
+    first = launching.Launch(trainer_cmd(out, small_data))
+    first.wait_for(lambda: (out / 'log').exists())
+    holder = first.ranks(str(out))[0]
+    code, text = launch(trainer_cmd(out, small_data), timeout=180)
+    assert code == 2, text
+    assert_one_clean_line(text, 'error: the output folder {} is in use by another job: host {}, '
+                          'process {}, '.format(out, socket.gethostname(), holder))
+    assert 'Wait for that job to end' in text and '--take-over-lock' in text
+    code, text = first.finish()
+    assert code == 0, text
+    assert json.loads((out / 'status.json').read_text())['complete'] is True
+    assert_loadable_snapshots(out)
+    assert_same_model(out, reference)                 # the first job was not disturbed
+
+
+def _dead_holder(out):
+    """Leave the record of a job on this host that no longer runs (killed, no clean-up)."""
+    from chainer_resnet import runlock
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    record = dict(runlock.identity(), pid=proc.pid, beats=0, heartbeat=0)
+    (out / runlock.FILENAME).write_text(json.dumps(record))
+    return proc.pid
+
+
+def test_sigterm_stops_every_rank_with_a_snapshot_and_the_run_resumes_bit_identical(
+        tmp_path, small_data, reference):
+    out = tmp_path / 'run'
+    run = launching.Launch(trainer_cmd(out, small_data, '--loaderjobs', '1'))
+    run.wait_for(lambda: (out / 'log').exists())
+    run.ranks(str(out))                               # loaders included: none may be left
+    run.signal(signal.SIGTERM)                        # Slurm's time limit, scancel, qdel
+    code, text = run.finish()
+    assert code == 143, text
+    assert_one_clean_line(text, 'stop: got SIGTERM: every rank stops at the next iteration '
+                          'boundary, with a snapshot')
+    stopped = int(re.search(r'Stopped by SIGTERM at iteration (\d+)/16 \(re-launch to '
+                            r'continue\)', text).group(1))
+    status = json.loads((out / 'status.json').read_text())
+    assert (status['stopped'], status['iteration'], status['complete']) == (
+        'SIGTERM', stopped, False)
+    assert snapshot_files(out)[-1] == 'snapshot_iter_{}.0'.format(stopped)
+    # What a user or a crash may do between launches: rewritten, never in the way.
+    (out / 'recipe.json').unlink()
+    (out / 'status.json').write_text('{"garbage')
+    code, text = launch(trainer_cmd(out, small_data, '--loaderjobs', '1'))
+    assert code == 0, text
+    assert json.loads((out / 'status.json').read_text())['complete'] is True
+    assert json.loads((out / 'recipe.json').read_text())['name'] == 'smoke'
+    assert_same_model(out, reference)
+    # A re-launch of the finished run, over the lock record of a killed job.
+    dead = _dead_holder(out)
+    code, text = launch(trainer_cmd(out, small_data))
+    assert code == 0, text
+    assert 'taking over the lock of host {}, process {}'.format(socket.gethostname(),
+                                                                 dead) in text
+    assert 'that process no longer runs' in text and 'Training complete' in text
+    assert_same_model(out, reference)                 # nothing trained again
+
+
+def test_ctrl_c_prints_one_line_and_stops_with_a_snapshot(tmp_path, small_data):
+    out = tmp_path / 'run'
+    run = launching.Launch(trainer_cmd(out, small_data))
+    run.wait_for(lambda: (out / 'log').exists())
+    run.signal(signal.SIGINT)                         # hydra passes Ctrl-C to every rank
+    code, text = run.finish()
+    assert code == 130, text
+    assert_one_clean_line(text, 'stop: got SIGINT: every rank stops at the next iteration')
+    assert json.loads((out / 'status.json').read_text())['stopped'] == 'SIGINT'
+    assert_loadable_snapshots(out)
+
+
+def probe_cmd(out, data, rank, reads, seconds, *extra):
+    """trainer_cmd under tests/stall_probe.py: rank `rank` holds its read `reads`."""
+    cmd = trainer_cmd(out, data, *extra)
+    k = cmd.index(os.path.join(ROOT, 'train_imagenet.py'))
+    cmd[k:k + 1] = [os.path.join(HERE, 'stall_probe.py'), str(rank), str(reads), str(seconds)]
+    return cmd
+
+
+# Rank 1's reads per launch: 8 a step (batch 8), 20 more at each evaluation (every 4 steps).
+HELD_IN_STEP_10 = 8 * 9 + 2 * 20 + 1
+
+
+def test_a_second_sigterm_stops_at_once_even_inside_a_collective(tmp_path, small_data):
+    out = tmp_path / 'run'
+    # Rank 1 held in a read (a hung filesystem): rank 0 waits in the gradient
+    # allreduce, in C, where no Python signal handler runs.
+    run = launching.Launch(probe_cmd(out, small_data, 1, HELD_IN_STEP_10, 600))
+    run.wait_for('probe: rank 1 holds read')
+    run.ranks(str(out))
+    run.signal(signal.SIGTERM)
+    time.sleep(3)                                     # more than the 2 s of one request
+    start = time.monotonic()
+    run.signal(signal.SIGTERM)
+    code, text = run.finish(timeout=120)
+    assert time.monotonic() - start < 60
+    assert code == 143, text
+    assert text.count('stop: a second SIGTERM: exiting at once; the work since the newest '
+                      'snapshot is lost') == 1, text
+    assert 'snapshot_iter_4.0' in snapshot_files(out)   # written before: intact
+    assert_loadable_snapshots(out)
+
+
+def _loaders(run, out, rank):
+    pids = run.ranks(str(out))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        # The rank's forkserver, and its children: the pool's loader processes.
+        found = [pid for server in launching.descendants(pids[rank])
+                 for pid in launching.descendants(server)]
+        if found:
+            run.ranks(str(out))
+            return found
+        time.sleep(0.2)
+    pytest.fail('no loader process of rank {} found'.format(rank))
+
+
+def test_a_killed_loader_ends_the_job_naming_rank_process_and_cause(tmp_path, small_data):
+    out = tmp_path / 'run'
+    run = launching.Launch(trainer_cmd(out, small_data, '--loaderjobs', '2'))
+    run.wait_for(lambda: (out / 'log').exists())
+    victim = _loaders(run, out, 1)[0]
+    os.kill(victim, signal.SIGKILL)                   # what the out-of-memory killer does
+    code, text = run.finish(timeout=180)
+    assert code == 4, text
+    assert ('error: rank 1 on host {}: loader process {} (training data, one of 2) was killed '
+            'by SIGKILL'.format(socket.gethostname(), victim)) in text
+    assert 'out-of-memory killer' in text and 'Stalled dataset' not in text
+    assert_loadable_snapshots(out)
+
+
+def test_a_stalled_rank_is_reported_with_every_ranks_stack_and_ends_the_job(tmp_path,
+                                                                             small_data):
+    out = tmp_path / 'run'
+    run = launching.Launch(probe_cmd(out, small_data, 1, HELD_IN_STEP_10, 3600,
+                                     '--stall-report', '10', '--stall-abort', '25'))
+    run.wait_for('probe: rank 1 holds read')
+    run.ranks(str(out))
+    code, text = run.finish(timeout=240)
+    assert code == 4, text
+    for rank in (0, 1):
+        assert re.search(r'watchdog: rank {} on host \S+ \(pid \d+\): no progress for \d+ s, '
+                         r'since iteration 9'.format(rank), text), text
+    assert 'most recent call first' in text and 'stall_probe.py' in text   # where rank 1 is
+    assert re.search(r'^error: rank 0 on host \S+: no training progress for \d+ s \(since '
+                     r'iteration 9', text, re.M), text
+    status = json.loads((out / 'status.json').read_text())
+    assert status['failed'] == 'stalled' and status['iteration'] == 9
+    assert_loadable_snapshots(out)
+
+
+def test_a_stall_that_recovers_is_logged_with_the_late_rank(tmp_path, small_data, reference):
+    out = tmp_path / 'run'
+    code, text = launch(probe_cmd(out, small_data, 1, HELD_IN_STEP_10, 20,
+                                  '--stall-report', '50'), timeout=300)
+    assert code == 0, text
+    m = re.search(r'^stall: iteration 10 took ([\d.]+) s \(the median step of this launch: '
+                  r'[\d.]+ s\); rank 1 was late by ([\d.]+) s', text, re.M)
+    assert m and float(m.group(2)) >= 15, text
+    entry = [e for e in json.loads((out / 'log').read_text()) if 'stall/rank' in e]
+    assert entry and entry[0]['stall/rank'] == 1
+    assert_same_model(out, reference)                 # a stall changes nothing else
+
+
+def test_a_validation_list_that_repeats_images_is_refused_once(tmp_path, small_data):
+    with open(small_data['val']) as f:
+        lines = f.readlines()
+    with open(small_data['val'], 'a') as f:
+        f.writelines(lines[:3])
+    code, text = launch(trainer_cmd(tmp_path / 'run', small_data), timeout=180)
+    assert code == 2, text
+    assert_one_clean_line(text, 'error: {} lists 3 image(s) more than once (3 extra line(s); '
+                          'first: '.format(small_data['val']))
+    assert 'on lines 1 and 41' in text and 'Keep one line per image' in text
+
+
+def test_an_out_that_is_a_file_is_said_once_by_rank_0(tmp_path, small_data):
+    out = tmp_path / 'file'
+    out.write_text('not a folder')
+    code, text = launch(trainer_cmd(out, small_data), timeout=180)
+    assert code == 2, text
+    assert_one_clean_line(text, 'error: --out {} is a file, not a folder.'.format(out))
+
+
+def test_odd_but_valid_images_and_list_quirks_train_to_the_end(tmp_path, small_data):
+    """What a real ImageNet copy holds (CMYK JPEGs, a PNG named .JPEG, huge photos) and
+    what lists go through (Windows line ends, blank lines, a repeated line): the run
+    trains to its end, warning about the repeat."""
+    from PIL import Image
+    with open(small_data['train']) as f:
+        lines = [line for line in f if line.strip()]
+    paths = [os.path.join(small_data['root'], line.split()[0]) for line in lines[:4]]
+    rng = numpy.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 255, (30, 30, 3), dtype=numpy.uint8)).convert(
+        'CMYK').save(paths[0], format='JPEG')
+    Image.fromarray(rng.randint(0, 255, (30, 30, 4), dtype=numpy.uint8), 'RGBA').save(
+        paths[1], format='PNG')                       # a PNG named .jpg
+    Image.new('RGB', (1, 1), (200, 10, 10)).save(paths[2], format='JPEG')
+    Image.new('L', (10000, 10000), 128).save(paths[3], format='JPEG')   # 100 megapixels
+    text = '\r\n\r\n'.join(line.rstrip('\n') for line in lines + lines[:2]) + '\r\n'
+    with open(small_data['train'], 'w', newline='') as f:
+        f.write(text)
+    out = tmp_path / 'run'
+    code, text = launch(trainer_cmd(out, small_data))
+    assert code == 0, text
+    assert 'WARNING: {} lists 2 image(s) more than once (2 extra line(s); first: '.format(
+        small_data['train']) in text
+    assert 'an epoch has 66 images instead of 64' in text
+    assert json.loads((out / 'status.json').read_text())['complete'] is True

@@ -172,7 +172,8 @@ os.execvp('mpiexec', ['mpiexec', '-n', np] + args)
 
 
 # A launcher for LAUNCHER=...: records the signals it gets, then ends like the
-# doctor (a verdict line) or the trainer (status.json: stopped at 2 of 4).
+# doctor (a verdict line) or the trainer (status.json: stopped at 2 of 4 by
+# the signal it got; exit 143 after SIGTERM, as the trainer's clean stop).
 # FAKE_READY: a folder where it says it started; FAKE_DOCTOR_SECONDS: how long
 # the doctor takes (default 0; the trainer waits up to 30 s for a signal).
 FAKE_LAUNCHER = STUB_HEADER + r'''
@@ -194,12 +195,12 @@ with open(os.environ['STUB_LOG'], 'a') as f:
 if doctor:
     print('doctor: all checks passed')
     sys.exit(0)
-if any(name == 'SIGTERM' for name, _ in got):
-    sys.exit(143)
+stopped = 'SIGTERM' if any(name == 'SIGTERM' for name, _ in got) else 'SIGUSR1'
 out = args[args.index('--out') + 1]
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(out, 'status.json'), 'w') as f:
-    json.dump({'complete': False, 'iteration': 2, 'total_iters': 4, 'stopped': 'SIGUSR1'}, f)
+    json.dump({'complete': False, 'iteration': 2, 'total_iters': 4, 'stopped': stopped}, f)
+sys.exit(143 if stopped == 'SIGTERM' else 0)
 '''
 
 
@@ -705,16 +706,19 @@ def test_pbs_seconds(tmp_path, stubs, text, seconds):
 
 # --- the wall-time warning and stop signals, with a fake launcher --------------------
 
-def signal_fake_launch(tmp_path, stubs, stage, signums, **params):
-    """smoke_cpu.sh with LAUNCHER=the fake launcher: once `stage` ('doctor' or
-    'trainer') has started, `signums` go to the script. (exit status, output,
-    the launcher's records)."""
+def signal_fake_launch(tmp_path, stubs, stage, signums, script='jobs/local/smoke_cpu.sh',
+                       scheduler=None, **params):
+    """`script` (default smoke_cpu.sh) with LAUNCHER=the fake launcher: once
+    `stage` ('doctor' or 'trainer') has started, `signums` go to the script.
+    `scheduler`: the job's variables (pbs_env, slurm_env). (exit status,
+    output, the launcher's records)."""
     ready = tmp_path / 'ready'
     ready.mkdir()
     env = base_env(tmp_path, stubs, LAUNCHER=stubs / 'launcher', FAKE_READY=ready,
                    OUT=tmp_path / 'out', **params)
+    env.update(scheduler or {})
     cwd = str(Path(env['STUB_LOG']).parent)
-    proc = subprocess.Popen(['bash', str(ROOT / 'jobs/local/smoke_cpu.sh')], env=env,
+    proc = subprocess.Popen(['bash', str(ROOT / script)], env=env,
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -766,6 +770,52 @@ def test_sigterm_stops_the_launch_too(tmp_path, stubs):
     assert rc == 143, out
     assert 'job: got SIGTERM: passing it on to the launch in progress' in out
     assert [name for name, _ in launches[-1]['got']] == ['SIGTERM']
+
+
+SMOKE_JOB = dict(RECIPE='smoke', DEVICE='cpu', GPUS_PER_NODE=2, TRAIN_LIST='', SKIP_DOCTOR=1)
+
+
+# What a real Slurm 22.05 (tests/slurm/cluster.sh) showed while a job ended.
+@pytest.mark.parametrize('state, resubmitted', [
+    ('JobState=COMPLETING Reason=TimeLimit', True),   # seen: the time limit
+    ('JobState=TIMEOUT Reason=TimeLimit', True),      # seen: after it ended
+    ('JobState=PREEMPTED Reason=None', True),
+    ('JobState=COMPLETING Reason=None', False),       # seen: scancel
+    ('JobState=CANCELLED Reason=None', False)])       # seen: after it ended
+def test_slurm_tells_the_time_limit_from_scancel(tmp_path, stubs, state, resubmitted):
+    """Both send SIGTERM: the job's state and reason (scontrol show job) decide."""
+    scontrol = CAPTURED_SCONTROL.replace('JobState=RUNNING Reason=None', state)
+    rc, out, launches = signal_fake_launch(
+        tmp_path, stubs, 'trainer', [signal.SIGTERM], script='jobs/slurm/srun_pmix.sh',
+        scheduler=slurm_env(nodes=1, ntasks=2), FAKE_SCONTROL=scontrol, **SMOKE_JOB)
+    assert [name for name, _ in launches[-1]['got']] == ['SIGTERM']
+    submitted = records(tmp_path, 'sbatch')
+    if resubmitted:
+        assert rc == 0, out
+        assert 'stopped at iteration 2/4 by SIGTERM at the job\'s time limit' in out
+        assert '--dependency=afterany:3001' in submitted[0]['argv']
+    else:
+        assert rc == 143, out
+        assert 'cancelled (scancel), so the chain ends here (nothing is submitted)' in out
+        assert submitted == []
+
+
+@pytest.mark.parametrize('used, resubmitted', [('00:29:59', True), ('00:00:04', False)])
+def test_pbs_tells_the_walltime_from_qdel(tmp_path, stubs, used, resubmitted):
+    """Both send SIGTERM: the walltime qstat -f gave at the start decides."""
+    job = pbs_env(tmp_path)
+    job['FAKE_QSTAT'] = job['FAKE_QSTAT'].replace('resources_used.walltime = 00:00:04',
+                                                  'resources_used.walltime = ' + used)
+    rc, out, _ = signal_fake_launch(tmp_path, stubs, 'trainer', [signal.SIGTERM],
+                                    script='jobs/pbs/pbspro.sh', scheduler=job,
+                                    WALLTIME_WARNING=0, **SMOKE_JOB)
+    submitted = records(tmp_path, 'qsub')
+    if resubmitted:
+        assert rc == 0 and 'the job\'s walltime; the chain goes on' in out, out
+        assert submitted[0]['argv'][:2] == ['-W', 'depend=afterany:1001.pbs']
+    else:
+        assert rc == 143 and 'deleted (qdel) or signalled before the walltime' in out, out
+        assert submitted == []
 
 
 def test_pbs_warns_the_training_before_the_walltime(tmp_path, stubs):
@@ -862,6 +912,8 @@ def test_dry_run_paper_scale_is_the_unchanged_recipe(tmp_path, stubs, script):
         assert launcher[launcher.index('--map-by') + 1] == 'ppr:8:node'
         assert launcher[launcher.index('--bind-to') + 1] == 'none'
         assert launcher[launcher.index('--mca') + 1:][:2] == ['mpi_warn_on_fork', '0']
+        # mpirun must give the ranks the scheduler's grace time after SIGTERM.
+        assert 'odls_base_sigkill_timeout' in launcher
         forwarded = {launcher[k + 1] for k, a in enumerate(launcher) if a == '-x'}
         assert {'PATH', 'LD_LIBRARY_PATH', 'VIRTUAL_ENV', 'OMP_NUM_THREADS',
                 'NCCL_DEBUG'} <= forwarded

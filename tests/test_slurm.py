@@ -25,7 +25,9 @@ two ranks on one node, and the failure each path is known for):
 - Open MPI under ``srun --mpi=pmi2``: MPI_Init aborts, the script's FAIL;
 - the wall-time warning reaching every rank on 2 nodes under each launcher
   (hydra, Open MPI mpirun, srun), with a stand-in rank
-  (tests/slurm/signal_probe.py) in place of the trainer.
+  (tests/slurm/signal_probe.py) in place of the trainer;
+- Slurm's own SIGTERM: at the time limit (the chain goes on, ``afterany``) and
+  from ``scancel`` (it does not), with hydra, 1 node x 2 ranks.
 """
 
 import json
@@ -349,6 +351,50 @@ def test_wall_time_warning_stops_the_run_the_chain_goes_on_and_a_cancelled_chunk
     assert 'job: stopped at iteration {}/200 (end of the wall-time chunk)'.format(
         newest + 1) in out3
     assert 'RESUBMIT=0' in out3
+    shutil.rmtree(str(out_dir))
+
+
+def test_sigterm_at_the_time_limit_resubmits_and_scancel_does_not(cluster, tmp_path,
+                                                                  data_cache):
+    """mpirun.sh with hydra, 1 node x 2 ranks, --time=1 and no warning (SIGURG, which a
+    shell ignores, in place of SIGUSR1): at the limit Slurm sends SIGTERM to every
+    process of the job, the trainer stops with a snapshot (exit 143), the script
+    finds JobState=TIMEOUT and submits the next chunk with afterany. That chunk is
+    cancelled (SIGTERM again, JobState=CANCELLED): it stops with a snapshot too,
+    and submits nothing."""
+    from chainer_resnet import snapshots
+    out_dir = tmp_path / 'out'
+    env = job_env(tmp_path, data_cache, MPIRUN=VENV / 'bin' / 'mpiexec', GPUS_PER_NODE=2,
+                  TRAIN_ARGS='--data-cache {} --loaderjobs 0 --set epochs=50'.format(
+                      data_cache))
+    options = ['--nodes=1', '--ntasks-per-node=2', '--cpus-per-task=1',
+               '--output={}/%x-%j.out'.format(tmp_path)]
+    first = submit('jobs/slurm/mpirun.sh', env, '--time=1', '--signal=B:URG@1', *options)
+    fields1 = wait(first, timeout=300)
+    out1 = finished(fields1, state='TIMEOUT')
+    m = re.search(r'^Stopped by SIGTERM at iteration (\d+)/200 \(re-launch to continue\)\.$',
+                  out1, re.M)
+    assert m, out1[-6000:]
+    stopped = int(m.group(1))
+    assert ("job: the training ended (status 143) after SIGTERM: the job's time limit; the "
+            "chain goes on") in out1
+    assert 'job: stopped at iteration {}/200 by SIGTERM at the job\'s time limit'.format(
+        stopped) in out1
+    assert '--dependency=afterany:{}'.format(first) in out1
+    s = status(out_dir)
+    assert (s['complete'], s['stopped'], s['iteration']) == (False, 'SIGTERM', stopped)
+    assert snapshots.list_snapshots(str(out_dir))[0][0] == stopped
+
+    second = next_job(out1)
+    wait_for_text(second, 'job: continuing from iteration {}/200'.format(stopped))
+    wait_for_text(second, 'chainer_resnet: recipe=smoke')      # the trainer is running
+    slurm('scancel', second)
+    out2 = finished(wait(second, timeout=90), state='CANCELLED')
+    m = re.search(r'^Stopped by SIGTERM at iteration (\d+)/200', out2, re.M)
+    assert m, out2[-6000:]
+    assert 'cancelled (scancel), so the chain ends here (nothing is submitted)' in out2
+    assert 'next chunk' not in out2
+    assert status(out_dir)['iteration'] == int(m.group(1))
     shutil.rmtree(str(out_dir))
 
 

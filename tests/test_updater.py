@@ -63,9 +63,11 @@ def test_timed_updater_synchronizes_the_device_before_reading_the_clock(monkeypa
     monkeypatch.setattr(cr_updater, 'time', _Clock(events))
     with chainer.reporter.Reporter().scope({}):
         updater.update()
-    # start (after the previous phase's device work), loaded, then the step,
-    # whose end is read only once the device has finished it.
-    assert events == ['synchronize', 'clock', 'clock', 'step', 'synchronize', 'clock']
+    # start (after the previous phase's device work), loaded, then the step:
+    # this rank's own work ends once the device has finished forward/backward
+    # (own_seconds, for the stall monitor), the step once it has finished the update.
+    assert events == ['synchronize', 'clock', 'clock', 'step', 'synchronize', 'clock',
+                      'synchronize', 'clock']
 
 
 def test_timed_updater_on_numpy_reports_without_synchronizing(monkeypatch):
@@ -75,7 +77,9 @@ def test_timed_updater_on_numpy_reports_without_synchronizing(monkeypatch):
     observation = {}
     with chainer.reporter.Reporter().scope(observation):
         updater.update()
-    assert events == ['clock', 'clock', 'step', 'clock']
-    # clock values 1, 2 and 4: data wait 1 s, compute 2 s for 2 images
+    assert events == ['clock', 'clock', 'step', 'clock', 'clock']
+    # clock values 1, 2, 4 and 5: data wait 1 s, compute 3 s for 2 images,
+    # own work 3 s of a 4 s step
     assert observation['perf/data_wait_sec'] == 1.0
-    assert observation['perf/compute_images_per_sec'] == 1.0
+    assert observation['perf/compute_images_per_sec'] == 2 / 3
+    assert (updater.own_seconds, updater.step_seconds) == (3.0, 4.0)

@@ -4,6 +4,8 @@ One concept per module:
 
 - :mod:`~chainer_resnet.data.layouts`: the list-file and class-folder
   datasets of ``(uint8 image, int32 label)`` pairs, :func:`open_dataset`;
+- :mod:`~chainer_resnet.data.listfile`: reading and parsing a list file of
+  ``relative/path label`` lines;
 - :mod:`~chainer_resnet.data.transforms`: crops, flips and normalisation,
   ``(image, rng)`` -> float32 CHW, and the pair a recipe names;
 - :mod:`~chainer_resnet.data.sampling`: subsets, scattering indices over

@@ -3,7 +3,8 @@
 Every item is an RGB ``uint8`` (H, W, 3) image and an ``int32`` label:
 
 - :class:`ListDataset`: a list file with one ``relative/path.JPEG label``
-  per line (the layout of Chainer's ImageNet example);
+  per line (the layout of Chainer's ImageNet example; the file itself is
+  read and parsed by :mod:`~chainer_resnet.data.listfile`);
 - :class:`FolderDataset`: one sub-folder per class (torchvision's
   ``ImageFolder`` layout).
 
@@ -35,7 +36,6 @@ list and one missing folder shifts every label after it::
                        classes=getattr(train, 'classes', None))
 """
 
-import io
 import os
 import socket
 
@@ -43,6 +43,8 @@ import numpy
 from PIL import Image
 
 import chainer
+
+from chainer_resnet.data import listfile
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm')
 """Extensions :class:`FolderDataset` reads as images (case-insensitive)."""
@@ -63,7 +65,12 @@ def read_image(path, as_array=True):
     """Read an image file as an RGB ``uint8`` array of shape (H, W, 3).
 
     Grayscale, palette, CMYK and RGBA images are converted with PIL's
-    ``convert('RGB')`` (alpha is dropped). ``as_array=False`` returns the
+    ``convert('RGB')`` (alpha is dropped). The pixels are taken as stored:
+    an EXIF ``Orientation`` tag (which cameras and phones set instead of
+    rotating the pixels) is not applied, as torchvision's default image
+    loader and Chainer's examples do not apply it either, so such a photo
+    is seen sideways or upside down. To honour the tag, rotate the files
+    once when preparing the data (``PIL.ImageOps.exif_transpose``). ``as_array=False`` returns the
     decoded PIL image in the file's own mode instead, for the transforms,
     which crop before they convert (the same pixels: conversion is per pixel).
 
@@ -86,37 +93,6 @@ def read_image(path, as_array=True):
             'image; replace it, or remove it from the dataset.'
             .format(path, type(exc).__name__, exc)) from exc
     return numpy.array(rgb, dtype=numpy.uint8) if as_array else rgb
-
-
-def _read_list_text(list_path):
-    """The text of a UTF-8 list file, as a file object of lines.
-
-    Decoded in one piece, not line by line, so that a byte that is not
-    UTF-8 can be reported with its line: a text-mode file decodes in
-    blocks and fails at the block, not the line. Newlines are read as
-    ``open`` reads them (``\\n``, ``\\r\\n`` or ``\\r``).
-    """
-    with open(list_path, 'rb') as f:
-        data = f.read()
-    try:
-        text = data.decode('utf-8-sig')
-    except UnicodeDecodeError as exc:
-        # exc.object is the data after any byte-order mark, and what
-        # precedes exc.start decodes.
-        before = exc.object[:exc.start].decode('utf-8')
-        line_number = _lines(before).count('\n') + 1
-        shown = _lines(exc.object.decode('utf-8', 'backslashreplace')).split('\n')
-        raise DatasetError(
-            '{}, line {}: byte {!r} is not UTF-8 (line "{}"). Re-encode the list as '
-            'UTF-8, e.g. with iconv -f LATIN1 -t UTF-8 (naming its real encoding).'.format(
-                list_path, line_number, exc.object[exc.start:exc.end],
-                shown[line_number - 1])) from None
-    return io.StringIO(text, newline=None)
-
-
-def _lines(text):
-    """`text` with its newlines read as ``open`` reads them."""
-    return io.StringIO(text, newline=None).read()
 
 
 class _ImageLabelDataset(chainer.dataset.DatasetMixin):
@@ -178,6 +154,10 @@ class ListDataset(_ImageLabelDataset):
         num_classes (int or None): if given, labels must be below it.
         check_files (bool): check that every listed image exists (one
             ``stat`` per image).
+        allow_duplicates (bool): accept an image listed on several lines
+            (a training list may oversample on purpose; each line is a sample
+            of the epoch). False for a validation list, where a repeated image
+            weighs twice in top-1 and top-5.
 
     Attributes:
         paths (list of str): absolute image paths, in list-file order.
@@ -186,14 +166,18 @@ class ListDataset(_ImageLabelDataset):
         list_path (str): ``list_path``; root (str): absolute ``root``.
         num_classes (int): ``num_classes`` if given, else the largest
             label plus one.
+        duplicates (listfile.Duplicates or None): the images listed more
+            than once (their count and the first few, with their lines).
 
     Raises:
         DatasetError: the list file or root is missing, it is not UTF-8, a
-            line is malformed, a label is not an integer or out of range, or
-            (``check_files``) images are missing.
+            line is malformed, a label is not an integer or out of range, an
+            image is listed with two labels, or (not ``allow_duplicates``) more
+            than once, or (``check_files``) images are missing.
     """
 
-    def __init__(self, list_path, root, num_classes=None, check_files=True):
+    def __init__(self, list_path, root, num_classes=None, check_files=True,
+                 allow_duplicates=True):
         if not os.path.isfile(list_path):
             raise DatasetError(
                 'list file {} does not exist. Pass the path of a text file '
@@ -208,50 +192,21 @@ class ListDataset(_ImageLabelDataset):
                 'num_classes must be a positive integer or None, got {!r}'
                 .format(num_classes))
         root = os.path.abspath(root)
-        paths, labels, line_numbers = [], [], []
-        with _read_list_text(list_path) as f:
-            for line_number, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 2:
-                    raise DatasetError(
-                        '{}, line {}: expected 2 fields "relative/path label", got {} '
-                        'in {!r}. Paths may not contain spaces.'
-                        .format(list_path, line_number, len(fields), line.rstrip('\n')))
-                path, label_text = fields
-                try:
-                    label = int(label_text)
-                except ValueError:
-                    raise DatasetError(
-                        '{}, line {}: label {!r} is not an integer (line {!r}). The '
-                        'label is the last field, a class number from 0.'
-                        .format(list_path, line_number, label_text, line.rstrip('\n'))
-                    ) from None
-                if label < 0:
-                    raise DatasetError(
-                        '{}, line {}: label {} is negative; labels are class numbers '
-                        'from 0. Fix the list file.'.format(list_path, line_number, label))
-                if num_classes is not None and label >= num_classes:
-                    raise DatasetError(
-                        '{}, line {}: label {} is out of range [0, {}) for '
-                        'num_classes={}. Fix the list file or pass the right '
-                        'num_classes.'.format(
-                            list_path, line_number, label, num_classes, num_classes))
-                paths.append(path)
-                labels.append(label)
-                line_numbers.append(line_number)
-        if not paths:
-            raise DatasetError(
-                'list file {} has no entries. Each line should be '
-                '"relative/path label".'.format(list_path))
-        self.paths = _absolute_paths(root, paths)
+        paths, labels, line_numbers = listfile.parse(list_path, num_classes)
+        self.paths = listfile.absolute_paths(root, paths)
         self.labels = numpy.asarray(labels, dtype=numpy.int32)
         self.line_numbers = numpy.asarray(line_numbers, dtype=numpy.int32)
         self.list_path = list_path
         self.root = root
         self.num_classes = (int(self.labels.max()) + 1 if num_classes is None
                             else int(num_classes))
+        self.duplicates = listfile.duplicates(self.paths, labels, line_numbers, list_path)
+        if self.duplicates and not allow_duplicates:
+            raise DatasetError(
+                '{} lists {}. Each line of a validation list is counted in top-1 and '
+                'top-5, so a repeated image weighs twice and the accuracy is not that of '
+                'the set. Keep one line per image.'.format(
+                    list_path, listfile.describe_duplicates(self.duplicates)))
         if check_files:
             self.check_files(numpy.arange(len(self.paths)))
 
@@ -268,20 +223,6 @@ class ListDataset(_ImageLabelDataset):
                 'the folder the listed paths are relative to, and that it is mounted at '
                 'the same path on every node.'.format(
                     which, self.root, socket.gethostname(), shown))
-
-
-def _absolute_paths(root, paths):
-    """``os.path.abspath(os.path.join(root, p))`` for each of `paths`, `root` absolute.
-
-    The same strings, 3-4x faster on ImageNet's 1.28 M paths (about 1 s
-    instead of 3.5-5 s on one core, rank 0's share of every launch): a
-    concatenation, and ``normpath`` only where a ``.`` or ``..`` segment, a
-    doubled or a trailing separator may need it.
-    """
-    sep, normpath = os.sep, os.path.normpath
-    prefix, dot, double = root.rstrip(sep) + sep, sep + '.', sep + sep
-    full = [p if p.startswith(sep) else prefix + p for p in paths]
-    return [normpath(f) if dot in f or double in f or f.endswith(sep) else f for f in full]
 
 
 class ClassNames(list):
@@ -421,7 +362,8 @@ def _list_images(folder):
     return sorted(found)
 
 
-def open_dataset(path, root, num_classes, classes=None, check_files=True):
+def open_dataset(path, root, num_classes, classes=None, check_files=True,
+                 allow_duplicates=True):
     """Open ``path`` in the layout it has.
 
     Args:
@@ -439,6 +381,9 @@ def open_dataset(path, root, num_classes, classes=None, check_files=True):
         check_files (bool): for a list file, check that every listed image
             exists (see :class:`ListDataset`). A class-folder root is always
             walked, which finds only files that exist.
+        allow_duplicates (bool): for a list file, accept an image listed
+            more than once (see :class:`ListDataset`); a class-folder tree
+            holds each file once.
 
     Raises:
         DatasetError: as the layout's constructor does.
@@ -446,4 +391,5 @@ def open_dataset(path, root, num_classes, classes=None, check_files=True):
     if os.path.isdir(path):
         return FolderDataset(path, num_classes=num_classes, classes=classes)
     return ListDataset(path, root or os.path.dirname(os.path.abspath(path)),
-                       num_classes=num_classes, check_files=check_files)
+                       num_classes=num_classes, check_files=check_files,
+                       allow_duplicates=allow_duplicates)

@@ -35,7 +35,7 @@ import numpy
 import chainer
 from chainer.dataset import convert
 
-from chainer_resnet.data import transforms
+from chainer_resnet.data import transforms, workers
 from chainer_resnet.data.layouts import DatasetError, read_image
 from chainer_resnet.data.sampling import BadSample
 
@@ -51,15 +51,18 @@ def iterators(train_set, val_set, batch, sampler, loaderjobs, val_batch=None):
     ``StreamOrderSampler`` for virtual workers), ``batch`` samples at a
     time; validation reads ``val_set`` once in order, ``val_batch`` (default
     ``batch``) at a time. With ``loaderjobs > 0`` both are
-    ``MultiprocessIterator`` with that many loader processes, otherwise
-    ``SerialIterator`` (loading in the main process).
+    :class:`~chainer_resnet.data.workers.LoaderIterator` (Chainer's
+    ``MultiprocessIterator``, whose dead loader process is an error, not a
+    hang) with that many loader processes, otherwise ``SerialIterator``
+    (loading in the main process).
     """
     val_batch = batch if val_batch is None else val_batch
     if loaderjobs > 0:
-        train = chainer.iterators.MultiprocessIterator(
-            train_set, batch, n_processes=loaderjobs, order_sampler=sampler)
-        val = chainer.iterators.MultiprocessIterator(
-            val_set, val_batch, repeat=False, shuffle=False, n_processes=loaderjobs)
+        train = workers.LoaderIterator(
+            train_set, batch, what='training', n_processes=loaderjobs, order_sampler=sampler)
+        val = workers.LoaderIterator(
+            val_set, val_batch, what='validation', repeat=False, shuffle=False,
+            n_processes=loaderjobs)
     else:
         train = chainer.iterators.SerialIterator(train_set, batch, order_sampler=sampler)
         val = chainer.iterators.SerialIterator(val_set, val_batch, repeat=False, shuffle=False)
@@ -99,7 +102,9 @@ class BadSampleGuard(chainer.dataset.Converter):
 
     Raises:
         DatasetError: when ``count`` exceeds ``max_bad``, naming the files;
-            or when a batch holds no good sample to replace the bad ones.
+            when a batch holds no good sample to replace the bad ones; or at
+            once when a read failed for the machine's reason, not the image's
+            (``BadSample.system``: out of file descriptors, a stale NFS file).
     """
 
     def __init__(self, max_bad=0, converter=convert.concat_examples, mode='replace',
@@ -122,6 +127,14 @@ class BadSampleGuard(chainer.dataset.Converter):
         good = [k for k, sample in enumerate(batch) if not isinstance(sample, BadSample)]
         if len(good) < len(batch):
             bad = [sample for sample in batch if isinstance(sample, BadSample)]
+            machine = [b for b in bad if b.system]
+            if machine:
+                raise DatasetError(
+                    'reading {} failed with a system error ({}), not a damaged image: the '
+                    'process is out of file descriptors (ulimit -n; fewer --loaderjobs) or '
+                    'memory, or the filesystem holding the data failed (a stale or '
+                    'unreachable network mount). --skip-bad-images does not skip it: fix the '
+                    'cause and re-launch.'.format(_where(machine[0]), machine[0].error))
             # An image is counted once, however many epochs read it again.
             new = [b for b in bad if b.index not in self._seen]
             earlier = [path for path, _ in self.first_bad], self.count

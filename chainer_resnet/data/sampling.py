@@ -22,6 +22,7 @@ the same dataset description and reads only its own images.
 """
 
 import dataclasses
+import errno
 from typing import Optional
 
 import numpy
@@ -150,6 +151,12 @@ class EpochOrderSampler(object):
         return perm.astype(numpy.int64) + numpy.int64(tag) * self.size
 
 
+# Read errors that say nothing about the image: the process is out of file
+# descriptors or memory, or a network filesystem failed under it.
+SYSTEM_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ESTALE,
+                           errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH})
+
+
 @dataclasses.dataclass(frozen=True)
 class BadSample:
     """A sample that could not be read or transformed, in place of the sample.
@@ -163,11 +170,15 @@ class BadSample:
         index (int): the global index in the base dataset.
         path (str or None): the image file, if the base dataset has ``paths``.
         error (str): ``'ExceptionType: message'`` of the underlying error.
+        system (bool): the error is the machine's, not the image's (out of
+            file descriptors or memory, a stale or timed-out network file
+            system: :data:`SYSTEM_ERRNOS`); no image may be skipped for it.
     """
 
     index: int
     path: Optional[str]
     error: str
+    system: bool = False
 
     @classmethod
     def from_exception(cls, base, index, exc):
@@ -177,7 +188,8 @@ class BadSample:
         cause = exc.__cause__ if isinstance(exc, DatasetError) and exc.__cause__ else exc
         paths = getattr(base, 'paths', None)
         return cls(index=int(index), path=None if paths is None else paths[index],
-                   error='{}: {}'.format(type(cause).__name__, cause))
+                   error='{}: {}'.format(type(cause).__name__, cause),
+                   system=getattr(cause, 'errno', None) in SYSTEM_ERRNOS)
 
     def describe(self):
         """``'path: error'``, or ``'sample index: error'`` without a path."""

@@ -2,7 +2,10 @@
 
 :func:`open_data` is step 3 of the trainer: rank 0 alone reads the list
 files (or walks the class folders) and the index reaches every rank in one
-broadcast (a dataset error ends every rank with rank 0's message). Every rank
+broadcast (a dataset error ends every rank with rank 0's message; a
+validation list that repeats an image is one; a training list that does, an
+image in both sets, or one label for the whole validation set are warnings:
+:func:`index_warnings`). Every rank
 then takes its shard: training indices are shuffled before they are split
 (list files are usually sorted by class) and padded to equal length;
 validation indices are split in disjoint blocks, each image exactly once.
@@ -19,7 +22,7 @@ import numpy
 
 from chainer_resnet import communication
 from chainer_resnet.communication import print0
-from chainer_resnet.data import demo, layouts, loader, preparation, sampling, transforms
+from chainer_resnet.data import demo, layouts, listfile, loader, preparation, sampling, transforms
 
 Data = collections.namedtuple(
     'Data', 'train_base val_base train_ids val_ids train_local val_local train_shards classes')
@@ -45,7 +48,10 @@ def open_data(comm, recipe, train=None, val=None, root=None, data_cache=None):
         preparation.check_recipe(recipe, train_path)
         train = layouts.open_dataset(train_path, root, recipe.num_classes, check_files=False)
         val = layouts.open_dataset(val_path, root, recipe.num_classes, check_files=False,
-                                   classes=getattr(train, 'classes', None))
+                                   classes=getattr(train, 'classes', None),
+                                   allow_duplicates=False)
+        for problem in index_warnings(train, val):
+            print('WARNING: ' + problem, file=sys.stderr, flush=True)
         return train, val
     train_base, val_base = communication.from_rank0(comm, index)
     train_ids = sampling.subset(len(train_base), recipe.train_subset, recipe.seed)
@@ -75,11 +81,43 @@ def open_val(comm, recipe, val=None, root=None, data_cache=None, classes=None):
     """
     val_path = _dataset_paths(None, None, None, data_cache)[1] if val is None else val
     base = communication.from_rank0(comm, lambda: layouts.open_dataset(
-        val_path, root, recipe.num_classes, check_files=False, classes=classes))
+        val_path, root, recipe.num_classes, check_files=False, classes=classes,
+        allow_duplicates=False))
     ids = sampling.subset(len(base), recipe.val_subset, recipe.seed)
     local = sampling.scatter_indices(ids, comm.size, comm.rank, equal=False)
     base.check_files(local)
     return base, local
+
+
+def index_warnings(train, val):
+    """What is odd but legal about a run's two datasets, as sentences (rank 0 prints them).
+
+    - the training list names an image more than once (each line is a
+      sample of the epoch: those images are oversampled, the epoch longer);
+    - an image is in both sets (the validation accuracy then measures
+      memory, not generalisation);
+    - every validation image has the same label (ImageNet's validation
+      images come without labels: a list made from the folder alone labels
+      them all 0, and top-1 is then about 0.1 %).
+    """
+    found = []
+    repeated = getattr(train, 'duplicates', None)
+    if repeated:
+        found.append('{} lists {}. Each line is a sample of the epoch: those images are '
+                     'seen more often and an epoch has {} images instead of {}. Remove the '
+                     'repeated lines unless you mean to oversample.'.format(
+                         train.list_path, listfile.describe_duplicates(repeated), len(train),
+                         len(train) - repeated.extra_lines))
+    both = set(train.paths).intersection(val.paths)
+    if both:
+        found.append('{} image(s) are in both the training and the validation set (first: {}): '
+                     'the validation accuracy will be optimistic.'.format(
+                         len(both), ', '.join(sorted(both)[:3])))
+    if len(val) > 1 and len(numpy.unique(val.labels)) == 1:
+        found.append('all {} validation images have the label {}: a validation list made '
+                     'without the ground truth (ImageNet\'s validation images come unlabelled) '
+                     'measures nothing.'.format(len(val), int(val.labels[0])))
+    return found
 
 
 def datasets(data, recipe):

@@ -89,7 +89,9 @@ SlurmdLogFile=$DIR/log/slurmd-%n.log
 TmpFS=$DIR/tmp/%n
 MailProg=/bin/true
 SchedulerParameters=sched_interval=2
-KillWait=5
+# Slurm's default grace time between SIGTERM and SIGKILL: the trainer stops
+# with a snapshot in it (tests/test_slurm.py, the time limit).
+KillWait=30
 InactiveLimit=0
 OverTimeLimit=0
 ReturnToService=2
@@ -175,7 +177,7 @@ down() {
     local quiet=${1:-}
     if pid_of slurmctld >/dev/null && cluster_answers; then
         SLURM_CONF=$CONF scancel --partition=debug 2>/dev/null || true
-        # The jobs' steps end with them (KillWait=5).
+        # The jobs' steps end with them (the trainer stops at SIGTERM).
         local left i
         for i in $(seq 40); do
             left=$(SLURM_CONF=$CONF squeue -h -t running,completing -o %i 2>/dev/null | wc -l)
