@@ -96,10 +96,17 @@ def _boot_id():
 
 
 def _process_start(pid):
-    """The start time of process `pid` (clock ticks since boot), or None if it does not run."""
+    """The start time of process `pid` (clock ticks since boot), or None if it does not run.
+
+    A zombie (state Z: ended, not yet reaped by its parent, which in a
+    container may be a PID 1 that never reaps) or a dying process (X) does
+    not run: it holds no file lock any more.
+    """
     try:
         with open('/proc/{}/stat'.format(pid)) as f:
             fields = f.read().rsplit(')', 1)[1].split()
+        if fields[0] in ('Z', 'X', 'x'):
+            return None
         return int(fields[19])
     except (OSError, IndexError, ValueError):
         return None

@@ -174,3 +174,22 @@ def test_take_on_one_rank_checks_the_folder_then_locks(tmp_path):
     with pytest.raises(runlock.LockError) as info:   # a folder that cannot hold the file
         runlock.take(comm, str(tmp_path / 'missing'))
     assert info.value.collective_rank == 0            # said once, by rank 0
+
+
+def test_a_zombie_holder_does_not_run():
+    """A holder killed but not reaped (a container's PID 1 may never reap the
+    ranks a killed mpiexec left) is dead: its lock is taken over, not refused."""
+    import time
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while open('/proc/{}/stat'.format(pid)).read().rsplit(')', 1)[1].split()[0] != 'Z':
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert runlock._process_start(pid) is None
+    finally:
+        os.waitpid(pid, 0)
+    # Negative control: a running process has a start time.
+    assert runlock._process_start(os.getpid()) is not None
