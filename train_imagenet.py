@@ -24,10 +24,10 @@ import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
 import chainer
 import chainer.links as L
 
-from chainer_resnet import (batch_normalization, communication, evaluator, gpu, health,
-                            initial_weights, model_file, optimizers, outcome, recipes,
-                            reporting, resnet, runlock, schedules, signals, snapshots,
-                            triggers, updater, watchdog)
+from chainer_resnet import (arguments, batch_normalization, communication, evaluator, gpu,
+                            health, initial_weights, model_file, optimizers, outcome,
+                            output_folder, recipes, reporting, resnet, runlock, schedules, signals,
+                            snapshots, triggers, updater, watchdog)
 from chainer_resnet.communication import print0
 from chainer_resnet.data import layouts, loader, shards, workers
 
@@ -36,17 +36,8 @@ USER_ERRORS = (recipes.RecipeError, layouts.DatasetError, communication.Communic
                snapshots.SnapshotError, model_file.ModelFileError, runlock.LockError)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage, help and errors rank 0 alone prints: every rank
-    parses the same command line, so every rank fails (exit 2) or stops the same way."""
-
-    def _print_message(self, message, file=None):
-        if communication.process_rank() == 0:
-            super()._print_message(message, file)
-
-
 def parse_args(argv):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arguments.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--recipe', default='demo',
                    help='one of: {} (default: demo)'.format(', '.join(sorted(recipes.RECIPES))))
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
@@ -61,24 +52,24 @@ def parse_args(argv):
                    'newest snapshot in --out, if any)')
     p.add_argument('--init-model', help='start from these weights (model.npz, snapshot or '
                    'torchvision .pth/.safetensors; recorded in recipe.json as init_model)')
-    p.add_argument('--device', default='cpu', type=_device_name,
+    p.add_argument('--device', default='cpu', type=arguments.device_name,
                    help="'cpu', 'gpu' (the GPU of this rank's node-local rank) "
                    "or a GPU id")
     p.add_argument('--cudnn-autotune', choices=('on', 'off'), default='on',
                    help='cuDNN times the convolution algorithms of each shape once and '
                    'keeps the fastest (default: %(default)s; chainer_resnet/gpu.py)')
-    p.add_argument('--cudnn-workspace', type=_count(0), default=gpu.DEFAULT_WORKSPACE_MIB,
+    p.add_argument('--cudnn-workspace', type=arguments.count(0), default=gpu.DEFAULT_WORKSPACE_MIB,
                    metavar='MIB', help='scratch memory a cuDNN convolution algorithm may '
                    'use (default: %(default)s MiB; Chainer\'s own is 8)')
-    p.add_argument('--loaderjobs', type=_count(0), default=2,
+    p.add_argument('--loaderjobs', type=arguments.count(0), default=2,
                    help='data-loading processes per rank (0: load in the main '
                    'process; default: 2)')
-    p.add_argument('--stop-after-epochs', type=_positive_float,
+    p.add_argument('--stop-after-epochs', type=arguments.positive_float,
                    help='stop (with a snapshot) after this many epochs of this '
                    'launch, to fit a wall-time limit; re-launch to continue')
-    p.add_argument('--stop-after-iters', type=_count(1),
+    p.add_argument('--stop-after-iters', type=arguments.count(1),
                    help='like --stop-after-epochs, in iterations')
-    p.add_argument('--skip-bad-images', type=_count(0), default=0, metavar='N',
+    p.add_argument('--skip-bad-images', type=arguments.count(0), default=0, metavar='N',
                    help='replace (training) or leave out (evaluation) up to N unreadable '
                    'images per rank, counted in the log as data/bad_images; default 0: '
                    'the first unreadable image ends the run, naming the file')
@@ -88,12 +79,12 @@ def parse_args(argv):
     p.add_argument('--take-over-lock', action='store_true',
                    help='run although <out>/run.lock names another job that holds the '
                    'folder (only when you know it does not run any more)')
-    p.add_argument('--stall-report', type=_seconds, default=watchdog.REPORT_AFTER,
+    p.add_argument('--stall-report', type=arguments.seconds, default=watchdog.REPORT_AFTER,
                    metavar='S', help='print every rank\'s stacks after S s without progress '
                    '(default %(default)g; 0: never)')
-    p.add_argument('--stall-abort', type=_seconds, default=watchdog.ABORT_AFTER, metavar='S',
-                   help='end the job (exit status 4) after S s without progress, so that a '
-                   're-launch resumes (default %(default)g; 0: never)')
+    p.add_argument('--stall-abort', type=arguments.seconds, default=watchdog.ABORT_AFTER,
+                   metavar='S', help='end the job (exit status 4) after S s without '
+                   'progress, so that a re-launch resumes (default %(default)g; 0: never)')
     p.add_argument('--allow-recipe-change', action='store_true',
                    help='continue from a snapshot made with other recipe values (the '
                    'differences are printed; recipe.json keeps the old values as '
@@ -102,43 +93,13 @@ def parse_args(argv):
                    '(default: $CHAINER_RESNET_DATA or ~/.cache/chainer_resnet)')
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar (batch jobs)')
-    p.add_argument('--health-interval', type=_count(0), metavar='N',
+    p.add_argument('--health-interval', type=arguments.count(0), metavar='N',
                    help='measure the health signals every N iterations (README.md, '
                    '"Watching a run"; default: the recipe\'s log interval; 0: never)')
     args = p.parse_args(argv)
     if args.train is not None and args.val is None:
         p.error('--train given without --val (the validation list file or class folders)')
     return args
-
-
-def _count(minimum):
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError('must be an integer >= {}'.format(minimum))
-        return value
-    parse.__name__ = 'integer >= {}'.format(minimum)
-    return parse
-
-
-def _device_name(text):
-    if text in ('cpu', 'gpu') or text.isdigit():
-        return text
-    raise argparse.ArgumentTypeError("use 'cpu', 'gpu' or a GPU id")
-
-
-def _seconds(text):
-    value = float(text)
-    if not 0 <= value < float('inf'):
-        raise argparse.ArgumentTypeError('must be a number of seconds >= 0')
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not 0 < value < float('inf'):
-        raise argparse.ArgumentTypeError('must be a positive number')
-    return value
 
 
 def main(argv=None):
@@ -217,7 +178,8 @@ def run(argv=None, stop_flag=None):
     #    folder, before anything in it is touched; a refusal is said once).
     #    Data: rank 0 reads the index, every rank takes and checks its shard
     #    (shards.open_data: start-up costs per rank that do not grow with the ranks).
-    lock = runlock.take(comm, out, args.take_over_lock, check_folder=snapshots.check_output_folder,
+    lock = runlock.take(comm, out, args.take_over_lock,
+                        check_folder=output_folder.check,
                         errors=(snapshots.SnapshotError,))
     data = shards.open_data(comm, recipe, args.train, args.val, args.root, args.data_cache)
     n_train = len(data.train_ids)
@@ -226,10 +188,9 @@ def run(argv=None, stop_flag=None):
     sched = schedules.from_recipe(recipe, recipe.workers(comm.size), n_train)
     ipe, total_iters = sched.iters_per_epoch, sched.total_iters
 
-    # 4. Rank 0 writes the effective recipe (an
-    #    error there ends every rank with its message), then prints the
-    #    derived quantities.
-    communication.from_rank0(comm, snapshots.keep_recipe, out, recipe,
+    # 4. Rank 0 writes the effective recipe (an error there ends every rank
+    #    with its message), then prints the derived quantities.
+    communication.from_rank0(comm, output_folder.keep_recipe, out, recipe,
                              args.allow_recipe_change, errors=(snapshots.SnapshotError,))
     if comm.rank == 0:
         if recipe.train_subset is None and n_train != recipe.train_images:

@@ -33,7 +33,8 @@ import chainer_resnet  # noqa: F401  (must precede chainer: compatibility hook)
 import chainer
 import chainer.functions as F
 
-from chainer_resnet import batch_normalization, communication, evaluator, model_file, recipes
+from chainer_resnet import (arguments, batch_normalization, communication, evaluator, model_file,
+                            recipes)
 from chainer_resnet.communication import print0
 from chainer_resnet.data import layouts, loader, sampling, shards, ten_crop, transforms
 
@@ -191,7 +192,7 @@ def summary(result):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog='python -m chainer_resnet.evaluate',
+    p = arguments.Parser(prog='python -m chainer_resnet.evaluate',
                                 description=__doc__.split('\n\n')[0])
     p.add_argument('model', help='model.npz, snapshot_iter_<N>.0, or torchvision .pth/'
                    '.safetensors')
@@ -199,7 +200,7 @@ def parse_args(argv):
                    help='1: centre crop (default); 10: corners, centre and their mirror images')
     p.add_argument('--bn', choices=('stored', 'reestimate'), default='stored',
                    help='BN statistics: as stored in the model (default), or re-estimated')
-    p.add_argument('--bn-batches', type=int, default=10, metavar='N',
+    p.add_argument('--bn-batches', type=arguments.count(1), default=10, metavar='N',
                    help='training batches per worker for --bn reestimate (default 10)')
     p.add_argument('--val', help='validation list file or class-folder tree (default: the '
                    'run\'s; "demo": the embedded digits)')
@@ -209,22 +210,21 @@ def parse_args(argv):
     p.add_argument('--val-subset', default='recipe', type=_subset,
                    help='evaluate the first N images of the fixed permutation, or "all" '
                    '(default: what the run evaluated)')
-    p.add_argument('--batch', type=int, help='images per batch and rank (default: the '
-                   'run\'s per-worker batch)')
+    p.add_argument('--batch', type=arguments.count(1), help='images per batch and rank '
+                   '(default: the run\'s per-worker batch)')
     p.add_argument('--rounding', choices=('round', 'torchvision'),
                    help='the validation resize\'s rounding (default: the model\'s recipe\'s; '
                    'transforms.ValTransform)')
-    p.add_argument('--device', default='cpu', help="'cpu', 'gpu' or a GPU id")
-    p.add_argument('--loaderjobs', type=int, default=0, help='loader processes per rank')
+    p.add_argument('--device', default='cpu', type=arguments.device_name,
+                   help="'cpu', 'gpu' or a GPU id")
+    p.add_argument('--loaderjobs', type=arguments.count(0), default=0,
+                   help='loader processes per rank')
     p.add_argument('--json', help='where rank 0 writes the result (default: beside MODEL)')
     p.add_argument('--recipe-json', help='the run\'s recipe.json, for a model.npz written '
                    'before model files described themselves')
     p.add_argument('--recipe', help='a recipe name, likewise (with --set)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE')
-    args = p.parse_args(argv)
-    if args.bn_batches < 1 or (args.batch is not None and args.batch < 1):
-        p.error('--bn-batches and --batch must be >= 1')
-    return args
+    return p.parse_args(argv)
 
 
 def _subset(text):

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import zipfile
 
@@ -157,17 +156,6 @@ def non_finite_entries(arrays):
 def _meta(recipe_json, world_size):
     return {META_RECIPE: numpy.array(recipe_json),
             META_WORLD_SIZE: numpy.array(int(world_size))}
-
-
-def recipe_differences(saved, current):
-    """``['field: saved -> current', ...]`` between two recipe dicts (sorted by field); a
-    field added since ``saved`` was written counts at its default (recipes.filled)."""
-    saved, lines = recipes.filled(saved), []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, '(absent)'), current.get(key, '(absent)')
-        if a != b:
-            lines.append('{}: {!r} -> {!r}'.format(key, a, b))
-    return lines
 
 
 class Snapshot(extension.Extension):
@@ -317,7 +305,7 @@ class Snapshot(extension.Extension):
                     'another --out.'.format(path, saved, self.comm.size, saved))
         if META_RECIPE in f.files:
             saved = json.loads(str(f[META_RECIPE]))
-            changes = recipe_differences(saved, json.loads(self.recipe_json))
+            changes = recipes.differences(saved, json.loads(self.recipe_json))
             if changes and not self.allow_recipe_change:
                 raise SnapshotError(
                     '{} was made with other recipe values than this launch ({}). Re-launch '
@@ -394,63 +382,3 @@ class Snapshot(extension.Extension):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-
-def check_output_folder(out):
-    """Create the run's output folder if needed and check that files can be written there.
-
-    Raises:
-        SnapshotError: ``out`` is a file, cannot be created, or is not writable.
-    """
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise SnapshotError('--out {} is a file, not a folder. Pass a folder for the run\'s '
-                            'results (it is created if missing).'.format(out))
-    try:
-        os.makedirs(out, exist_ok=True)
-        # A nameless file: a probe can never be taken for a leftover of a write.
-        with tempfile.TemporaryFile(dir=out) as f:
-            f.write(b'ok')
-    except OSError as e:
-        raise SnapshotError('cannot write to the output folder --out {} ({}). Pass a folder '
-                            'you can write to.'.format(out, e.strerror or e)) from None
-
-
-def keep_recipe(out, recipe, allow_change, log=None):
-    """Write ``<out>/recipe.json``, never silently over one that describes another run.
-
-    If ``recipe.json`` exists with other values: with ``allow_change`` the old
-    file is kept as ``recipe.<iteration>.json`` (the newest snapshot's
-    iteration, or 0) and the differences are logged; without it
-    :class:`SnapshotError` says what differs and what to do.
-    """
-    path = os.path.join(out, 'recipe.json')
-    current = json.loads(recipe.to_json())
-    try:
-        with open(path, encoding='utf-8') as f:
-            saved = json.load(f)
-    except FileNotFoundError:
-        saved = None
-    except (OSError, ValueError):
-        saved = {}   # unreadable: treated as different
-    saved = recipes.filled(saved) if saved else saved
-    if saved is not None and saved != current:
-        changes = recipe_differences(saved, current)
-        if not allow_change:
-            raise SnapshotError(
-                '{} describes a run with other recipe values than this launch ({}). '
-                'Re-launch with the values in recipe.json, pass another --out for a new '
-                'run, or pass --allow-recipe-change to continue this run with the new '
-                'values.'.format(path, '; '.join(changes)))
-        newest = list_snapshots(out)
-        kept = os.path.join(out, 'recipe.{}.json'.format(newest[0][0] if newest else 0))
-        os.replace(path, kept)
-        (log or (lambda text: print(text, file=sys.stderr, flush=True)))(
-            'recipe: the values changed ({}); the old recipe.json is kept as {}'.format(
-                '; '.join(changes), kept))
-    if saved != current:
-        temp = os.path.join(out, '.tmp-recipe.json-{}'.format(os.getpid()))
-        with open(temp, 'w', encoding='utf-8') as f:
-            f.write(recipe.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)

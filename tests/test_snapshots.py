@@ -13,7 +13,7 @@ import numpy
 import pytest
 
 
-from chainer_resnet import recipes, snapshots
+from chainer_resnet import output_folder, recipes, snapshots
 
 
 def test_snapshots_are_ordered_by_iteration_not_modification_time(tmp_path):
@@ -65,25 +65,25 @@ def test_recipe_json_is_never_silently_overwritten(tmp_path):
     out = str(tmp_path)
     logged = []
     smoke = recipes.get('smoke')
-    snapshots.keep_recipe(out, smoke, allow_change=False)
-    snapshots.keep_recipe(out, smoke, allow_change=False)      # the same run: fine
+    output_folder.keep_recipe(out, smoke, allow_change=False)
+    output_folder.keep_recipe(out, smoke, allow_change=False)      # the same run: fine
     changed = recipes.resolve('smoke', ['lr_per_256=0.3'])
     with pytest.raises(snapshots.SnapshotError, match=r'lr_per_256: 0\.2 -> 0\.3'):
-        snapshots.keep_recipe(out, changed, allow_change=False)
+        output_folder.keep_recipe(out, changed, allow_change=False)
     assert json.loads((tmp_path / 'recipe.json').read_text())['lr_per_256'] == 0.2
     (tmp_path / 'snapshot_iter_6.0').write_bytes(b'x')
-    snapshots.keep_recipe(out, changed, allow_change=True, log=logged.append)
+    output_folder.keep_recipe(out, changed, allow_change=True, log=logged.append)
     assert json.loads((tmp_path / 'recipe.json').read_text())['lr_per_256'] == 0.3
     assert json.loads((tmp_path / 'recipe.6.json').read_text())['lr_per_256'] == 0.2
     assert 'lr_per_256' in logged[0]
 
 
 def test_output_folder_checks(tmp_path):
-    snapshots.check_output_folder(str(tmp_path / 'new' / 'run'))
+    output_folder.check(str(tmp_path / 'new' / 'run'))
     assert (tmp_path / 'new' / 'run').is_dir() and not os.listdir(tmp_path / 'new' / 'run')
     (tmp_path / 'file').write_text('x')
     with pytest.raises(snapshots.SnapshotError, match='is a file, not a folder'):
-        snapshots.check_output_folder(str(tmp_path / 'file'))
+        output_folder.check(str(tmp_path / 'file'))
     readonly = tmp_path / 'ro'
     readonly.mkdir()
     mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs',
@@ -94,7 +94,7 @@ def test_output_folder_checks(tmp_path):
             pytest.skip('cannot make a read-only folder here (root without mount)')
     try:
         with pytest.raises(snapshots.SnapshotError, match='cannot write to the output folder'):
-            snapshots.check_output_folder(str(readonly))
+            output_folder.check(str(readonly))
     finally:
         if mounted:
             subprocess.run(['umount', '-l', str(readonly)], capture_output=True)
@@ -167,16 +167,16 @@ def test_non_finite_state_is_never_written(tiny_trainer, tmp_path):
 def test_a_field_added_since_the_run_counts_at_its_default():
     current = json.loads(recipes.DEMO.to_json())
     older = {k: v for k, v in current.items() if k != 'init_model'}   # before the field
-    assert snapshots.recipe_differences(older, current) == []
+    assert recipes.differences(older, current) == []
     changed = dict(current, init_model='/runs/a/model.npz')
-    assert snapshots.recipe_differences(older, changed) == [
+    assert recipes.differences(older, changed) == [
         "init_model: None -> '/runs/a/model.npz'"]
     # And recipe.json of such a run is the same recipe (a relaunch continues it).
     import tempfile
     with tempfile.TemporaryDirectory() as out:
         with open(os.path.join(out, 'recipe.json'), 'w') as f:
             json.dump(older, f)
-        snapshots.keep_recipe(out, recipes.DEMO, allow_change=False)
+        output_folder.keep_recipe(out, recipes.DEMO, allow_change=False)
         with pytest.raises(snapshots.SnapshotError, match='init_model'):
-            snapshots.keep_recipe(out, dataclasses.replace(recipes.DEMO, init_model='x'),
+            output_folder.keep_recipe(out, dataclasses.replace(recipes.DEMO, init_model='x'),
                                   allow_change=False)

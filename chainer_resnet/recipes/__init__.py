@@ -17,7 +17,7 @@ them; :func:`resolve` does the parsing and :meth:`Recipe.validate` the checks.
 """
 
 from chainer_resnet.recipes.recipe import (  # noqa: F401  (the public names, in one place)
-    IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES, Recipe, RecipeError, filled)
+    IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES, Recipe, RecipeError, differences, filled)
 from chainer_resnet.recipes.named import (  # noqa: F401
     AKIBA2017, DEMO, GOYAL2017, RECIPES, SMOKE, get, scaled_schedule)
 from chainer_resnet.recipes.overrides import override, resolve  # noqa: F401

@@ -277,3 +277,14 @@ def filled(values):
     defaults = {f.name: f.default for f in dataclasses.fields(Recipe)
                 if f.default is not dataclasses.MISSING}
     return dict(json.loads(json.dumps(defaults)), **values)
+
+
+def differences(saved, current):
+    """``['field: saved -> current', ...]`` between two recipe dicts (sorted by field); a
+    field added since ``saved`` was written counts at its default (:func:`filled`)."""
+    saved, lines = filled(saved), []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, '(absent)'), current.get(key, '(absent)')
+        if a != b:
+            lines.append('{}: {!r} -> {!r}'.format(key, a, b))
+    return lines
