@@ -1,5 +1,7 @@
 """chainer_resnet.reporting: rank 0's log, printed table and plots."""
 
+import types
+
 import pytest
 
 from chainer_resnet import reporting
@@ -42,8 +44,22 @@ def test_plots_are_drawn_at_most_every_interval_and_at_the_end(tiny_trainer, tmp
     real = plots.draw
     plots.draw = lambda log, out: (drawn.append(len(log)), real(log, out))
     trainer.run()
-    assert drawn == [1, 6]          # the first point, then only the end of the launch
+    assert drawn == [6]             # within the interval from the start: only the end
     assert (tmp_path / 'lr.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_plots_are_drawn_once_the_interval_has_passed(tiny_trainer, monkeypatch):
+    clock = iter(range(0, 1000, 10))          # 10 s per call of the clock
+    monkeypatch.setattr(reporting, 'time', types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    trainer, _ = tiny_trainer(stop=6)
+    reporting.extend_reporting(trainer, 1, ('lr',), plot_trigger=(1, 'iteration'),
+                               progress_bar=False, plot_interval_s=25)
+    drawn = []
+    plots = trainer.get_extension('LogPlots')
+    plots.draw = lambda log, out: drawn.append(len(log))
+    trainer.run()
+    # start at 0 s; iterations at 10, 20, 30 (drawn), 40, 50, 60 (drawn), and the end.
+    assert drawn == [3, 6]
 
 
 def test_the_printed_table_has_no_terminal_escapes_in_a_log_file(tiny_trainer, capsys):
