@@ -1,7 +1,8 @@
 # chainer_resnet: two commands do all the set-up on a fresh machine.
-#   make demo   train ResNet-50 on the embedded dataset: 2 MPI ranks on CPU, ~7 min on 2 cores
+#   make demo   train ResNet-50 on the embedded dataset: 2 MPI ranks on CPU, 6-11 min on 2 cores
 #   make test   the test suite: lint, unit tests, MPI tests under mpiexec, NumPy-2 stack,
-#               and the CUDA compile stage (no GPU needed)
+#               the CUDA compile stage (no GPU needed) and the reference tests; ~37 min
+#               on 2 cores (README.md, "Two commands")
 # Everything is installed into virtualenvs inside the checkout (.venv, .venv-np2,
 # .venv-cuda13, .venv-cuda14).
 
@@ -52,7 +53,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 test-unit: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest --durations=25 tests
 
 test-mpi: $(VENV)/.installed
 	$(VENV)/bin/python tests/run_mpi.py --np 1 --np $(NP)
