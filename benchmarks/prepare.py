@@ -74,15 +74,8 @@ def build_archives(photo_set, folder, classes, copies):
             else:
                 train[wnid].append(('{}_{}.JPEG'.format(wnid, k), data))
     inner = [(wnid + '.tar', _tar_bytes(train[wnid])) for wnid in wnids]
-    out = {'train_tar': os.path.join(folder, 'ILSVRC2012_img_train.tar'),
-           'val_tar': os.path.join(folder, 'ILSVRC2012_img_val.tar'),
-           'labels': os.path.join(folder, 'val_labels.txt')}
-    for key, files in (('train_tar', inner), ('val_tar', val)):
-        with open(out[key], 'wb') as f:
-            f.write(_tar_bytes(files))
-    with open(out['labels'], 'w') as f:
-        f.writelines(labels)
-    return out, sum(len(v) for v in train.values()), len(val)
+    return (_write_archives(folder, inner, val, labels), sum(len(v) for v in train.values()),
+            len(val))
 
 
 def build_tiny_archives(folder, classes, per_class, val_per_class):
@@ -97,6 +90,13 @@ def build_tiny_archives(folder, classes, per_class, val_per_class):
                                       for j in range(per_class)])) for w in wnids]
     val = [('ILSVRC2012_val_{:08d}.JPEG'.format(k + 1), data)
            for k in range(classes * val_per_class)]
+    labels = ['{} {}\n'.format(name, wnids[k % classes]) for k, (name, _) in enumerate(val)]
+    return _write_archives(folder, inner, val, labels), classes * per_class, len(val)
+
+
+def _write_archives(folder, inner, val, labels):
+    """The training tar of class tars ``inner``, the flat validation tar of ``val``
+    and the label lines, in ``folder``; their paths."""
     out = {'train_tar': os.path.join(folder, 'ILSVRC2012_img_train.tar'),
            'val_tar': os.path.join(folder, 'ILSVRC2012_img_val.tar'),
            'labels': os.path.join(folder, 'val_labels.txt')}
@@ -104,9 +104,8 @@ def build_tiny_archives(folder, classes, per_class, val_per_class):
         with open(out[key], 'wb') as f:
             f.write(_tar_bytes(files))
     with open(out['labels'], 'w') as f:
-        f.writelines('{} {}\n'.format(name, wnids[k % classes])
-                     for k, (name, _) in enumerate(val))
-    return out, classes * per_class, len(val)
+        f.writelines(labels)
+    return out
 
 
 def run_mode(archives, out, jobs, resize, size, again=False):

@@ -350,6 +350,28 @@ STUCK = textwrap.dedent('''
 ''')
 
 
+def _start_stuck(tmp_path, done_file, command_args, **popen):
+    """The prepare command under STUCK, in its own session (a worker gets stuck once
+    two class folders are recorded in `done_file`)."""
+    script = tmp_path / 'stuck.py'
+    script.write_text(STUCK)
+    return subprocess.Popen(
+        [sys.executable, str(script), done_file, str(tmp_path / 'stuck')] + command_args,
+        cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True, **popen)
+
+
+def _stuck_worker(proc, tmp_path):
+    """The pid of the worker that got stuck (within 90 s), as STUCK's marker names it."""
+    marker = str(tmp_path / 'stuck')
+    deadline = time.monotonic() + 90
+    while not os.path.exists(marker) and proc.poll() is None:
+        assert time.monotonic() < deadline, 'the command did not get stuck'
+        time.sleep(0.05)
+    time.sleep(0.1)
+    with open(marker) as f:
+        return int(f.read())
+
+
 def _alive(pid):
     try:
         with open('/proc/{}/stat'.format(pid)) as f:
@@ -362,21 +384,10 @@ def test_killed_midway_it_continues_and_ends_as_an_uninterrupted_run(mini, prepa
                                                                    capsys):
     out = str(tmp_path / 'out')
     state = os.path.join(out, workspace.STATE)
-    marker = str(tmp_path / 'stuck')
-    script = tmp_path / 'stuck.py'
-    script.write_text(STUCK)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), os.path.join(state, 'done.jsonl'), marker]
-        + argv(mini, out, '--jobs', '1'), cwd=ROOT, stdout=subprocess.DEVNULL,
-        start_new_session=True)
+    proc = _start_stuck(tmp_path, os.path.join(state, 'done.jsonl'),
+                        argv(mini, out, '--jobs', '1'))
     try:
-        deadline = time.monotonic() + 90
-        while not os.path.exists(marker) and proc.poll() is None:
-            assert time.monotonic() < deadline, 'the command did not get stuck'
-            time.sleep(0.05)
-        time.sleep(0.1)
-        with open(marker) as f:
-            worker = int(f.read())
+        worker = _stuck_worker(proc, tmp_path)
         # kill -9 of the command alone, as an out-of-memory killer would: its
         # worker dies with it (it would otherwise hold the lock and write on).
         os.kill(proc.pid, signal.SIGKILL)
@@ -616,21 +627,11 @@ def test_unrecorded_and_missing_class_folders_are_written_again(mini, prepared, 
 def test_sigterm_stops_it_with_a_message_and_its_workers_with_it(mini, tmp_path):
     # What a batch job's time limit sends first.
     out = str(tmp_path / 'out')
-    marker = str(tmp_path / 'stuck')
-    script = tmp_path / 'stuck.py'
-    script.write_text(STUCK)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), os.path.join(out, workspace.STATE, 'done.jsonl'), marker]
-        + argv(mini, out, '--jobs', '2'), cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, universal_newlines=True, start_new_session=True)
+    proc = _start_stuck(tmp_path, os.path.join(out, workspace.STATE, 'done.jsonl'),
+                        argv(mini, out, '--jobs', '2'),
+                        stderr=subprocess.PIPE, universal_newlines=True)
     try:
-        deadline = time.monotonic() + 90
-        while not os.path.exists(marker) and proc.poll() is None:
-            assert time.monotonic() < deadline, 'the command did not get stuck'
-            time.sleep(0.05)
-        time.sleep(0.1)
-        with open(marker) as f:
-            worker = int(f.read())
+        worker = _stuck_worker(proc, tmp_path)
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + signal.SIGTERM, err

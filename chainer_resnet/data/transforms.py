@@ -52,50 +52,14 @@ import numpy
 from PIL import Image
 
 from chainer_resnet.data._checks import check_size, describe
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-"""Per-channel RGB mean of ImageNet training images, in [0, 1] units."""
-
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""Per-channel RGB std of ImageNet training images, in [0, 1] units."""
+# The pixel statistics and their normalisation, under their long-standing names here.
+from chainer_resnet.data.pixels import (  # noqa: F401
+    IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize)
 
 # Pillow >= 9.1 moved the filters into Image.Resampling and the flips into
 # Image.Transpose; older ones only have the module-level names.
 _BILINEAR = getattr(Image, 'Resampling', Image).BILINEAR
 _MIRROR = getattr(Image, 'Transpose', Image).FLIP_LEFT_RIGHT
-
-
-def check_mean_std(mean, std):
-    """``(mean, std)`` as tuples of 3 floats; ValueError unless they are
-    per-channel statistics in [0, 1] pixel units."""
-    mean = tuple(float(m) for m in mean)
-    std = tuple(float(s) for s in std)
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(
-            'mean and std need one value per RGB channel, got mean={} '
-            'std={}'.format(mean, std))
-    if not all(0.0 <= m <= 1.0 for m in mean) or not all(
-            s > 0.0 for s in std):
-        raise ValueError(
-            'mean must lie in [0, 1] and std be positive (both in [0, 1] '
-            'pixel units, e.g. IMAGENET_MEAN, IMAGENET_STD), got mean={} '
-            'std={}. Divide 0-255 statistics by 255.'.format(mean, std))
-    return mean, std
-
-
-def normalize(x, mean, std):
-    """``(x / 255 - mean) / std`` of ``uint8`` images, as new C-contiguous float32.
-
-    ``x`` has the channel axis third from the end: (3, H, W), or a batch
-    (N, 3, H, W). The float32 operations are these four, in this order
-    (cast, divide by 255, subtract the mean, divide by the std), so the
-    result does not depend on the layout or batching of ``x``.
-    """
-    y = numpy.asarray(x).astype(numpy.float32, order='C')
-    y /= numpy.float32(255)
-    y -= numpy.asarray(mean, dtype=numpy.float32).reshape(3, 1, 1)
-    y /= numpy.asarray(std, dtype=numpy.float32).reshape(3, 1, 1)
-    return y
 
 
 class _Output(object):
